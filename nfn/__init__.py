@@ -1,0 +1,1 @@
+"""nfn: weight-space layers for JAX and Equinox."""

@@ -1,0 +1,1 @@
+"""nfn_rl: explicit policy-conditioned value functions (EPVFs) at scale."""
