@@ -1,0 +1,3 @@
+"""Environments implementing `nfn_rl.envs.Environment`."""
+
+from nfn_rl.envs._protocol import Environment as Environment, EnvState as EnvState
