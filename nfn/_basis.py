@@ -1,0 +1,132 @@
+"""The shared machinery of the UNF layers: folding fixed axes, pooling, and diagonal embedding.
+
+Layers work on leaves in a *folded* layout: the permuted axes first, in their original order,
+then one channel axis that holds the fixed axes and the channels (`fixed_size * channels`). Fixed
+axes are never permuted, so a map may mix them densely like channels; folding makes fully
+permuted (NP), fixed-input/output (HNP) and conv-kernel specs one mechanism.
+"""
+
+import dataclasses
+import math
+import string
+
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float
+
+from nfn._partitions import Partition, id_partitions
+from nfn._spec import LeafSpace, WeightSpace
+
+LETTERS = string.ascii_lowercase
+
+
+def fold(leaf: LeafSpace, x: Float[Array, "*shape channels"]) -> Float[Array, "*permuted folded"]:
+    """`leaf.shape + (C,)` to `permuted_shape + (fixed_size * C,)`."""
+    order = (*leaf.permuted_positions, *leaf.fixed_positions, len(leaf.shape))
+    x = jnp.transpose(x, order)
+    return x.reshape((*leaf.permuted_shape, -1))
+
+
+def unfold(leaf: LeafSpace, y: Float[Array, "*permuted folded"]) -> Float[Array, "*shape channels"]:
+    """Inverse of `fold`."""
+    fixed_shape = tuple(leaf.shape[k] for k in leaf.fixed_positions)
+    y = y.reshape((*leaf.permuted_shape, *fixed_shape, -1))
+    order = (*leaf.permuted_positions, *leaf.fixed_positions, len(leaf.shape))
+    return jnp.transpose(y, np.argsort(order))
+
+
+def block_sizes(leaf: LeafSpace, partition: Partition) -> tuple[int, ...]:
+    return tuple(leaf.permuted_shape[block[0]] for block in partition)
+
+
+def subscripts(partition: Partition, letters: list[str], num_axes: int) -> str:
+    """Einsum subscripts of a leaf's permuted axes: axes in one block share that block's letter."""
+    out = [""] * num_axes
+    for block, letter in zip(partition, letters):
+        for position in block:
+            out[position] = letter
+    return "".join(out)
+
+
+@dataclasses.dataclass(frozen=True)
+class PooledStatistic:
+    """Diagonal of one partition of a leaf's permuted axes, averaged over every block."""
+
+    leaf: int
+    subscripts: str
+    scale: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Pooling:
+    """Every invariant pooled statistic of a weight space: the complete basis of invariant maps.
+
+    For every leaf and every partition of its permuted axes (blocks of one id), the mean over
+    the partition's diagonal. Each statistic is a vector of the leaf's folded channels.
+    """
+
+    statistics: tuple[PooledStatistic, ...]
+    widths: tuple[int, ...]
+
+    @classmethod
+    def of(cls, space: WeightSpace, channels: int) -> "Pooling":
+        statistics, widths = [], []
+        for index, leaf in enumerate(space.leaves):
+            for partition in id_partitions(leaf.permuted_ids):
+                letters = list(LETTERS[: len(partition)])
+                sub = subscripts(partition, letters, len(leaf.permuted_ids))
+                scale = 1.0 / math.prod(block_sizes(leaf, partition))
+                statistics.append(PooledStatistic(index, sub, scale))
+                widths.append(leaf.fixed_size * channels)
+        return cls(tuple(statistics), tuple(widths))
+
+    @property
+    def width(self) -> int:
+        return sum(self.widths)
+
+    def __call__(self, folded: list[Float[Array, "..."]]) -> Float[Array, " width"]:
+        pooled = [
+            jnp.einsum(f"{stat.subscripts}y->y", folded[stat.leaf]) * stat.scale
+            for stat in self.statistics
+        ]
+        return jnp.concatenate(pooled)
+
+
+def diag_embed(x: Float[Array, "..."], axis: int, copies: int) -> Float[Array, "..."]:
+    """Replace axis `axis` (size n) by `copies` axes of size n holding `x` on their diagonal.
+
+    Written as pad + reshape (the diagonal of a row-major `(n,)*m` block sits at a fixed stride),
+    so no index tensor or scatter is needed and the backward pass is a strided slice.
+    """
+    if copies == 1:
+        return x
+    n = x.shape[axis]
+    x = jnp.moveaxis(x, axis, -1)
+    lead = x.shape[:-1]
+    stride = copies if n == 1 else (n**copies - 1) // (n - 1)
+    padded = jnp.pad(x[..., None], [(0, 0)] * (len(lead) + 1) + [(0, stride - 1)])
+    diagonal = padded.reshape((*lead, n * stride))[..., : n**copies]
+    diagonal = diagonal.reshape((*lead, *(n,) * copies))
+    return jnp.moveaxis(diagonal, tuple(range(-copies, 0)), tuple(range(axis, axis + copies)))
+
+
+def expand_partition(
+    partition: Partition,
+    sizes: tuple[int, ...],
+    values: Float[Array, "*blocks channels"],
+    num_axes: int,
+) -> Float[Array, "*permuted channels"]:
+    """Write per-block values onto a leaf's permuted axes.
+
+    `values` has one axis per block (size 1 to broadcast along that block, or the block's size)
+    and a trailing channel axis. Output axes in one block receive the diagonal; the result has the
+    leaf's folded layout.
+    """
+    values = jnp.broadcast_to(values, (*sizes, values.shape[-1]))
+    axis = 0
+    for block in partition:
+        values = diag_embed(values, axis, len(block))
+        axis += len(block)
+    positions = [position for block in partition for position in block]
+    order = (*np.argsort(positions), num_axes)
+    return jnp.transpose(values, order)

@@ -1,0 +1,249 @@
+"""Permutation-equivariant linear maps between weight spaces (Universal Neural Functionals)."""
+
+import dataclasses
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, PRNGKeyArray, PyTree
+
+from nfn._basis import LETTERS, Pooling, block_sizes, expand_partition, fold, subscripts, unfold
+from nfn._partitions import id_partitions, partial_matchings
+from nfn._spec import LeafSpace, WeightSpace
+
+
+@dataclasses.dataclass(frozen=True)
+class CoupledTerm:
+    """One basis map that keeps at least one index: some input block is matched to an output block.
+
+    The input leaf's diagonal over `in_subscripts` is averaged over its unmatched blocks
+    (`scale`), channel-mixed, and lands on the matched blocks (`out_subscripts`) of output
+    partition `out_partition`; `kept` says which output blocks it fills (the rest broadcast).
+    """
+
+    out_leaf: int
+    in_leaf: int
+    out_partition: int
+    in_subscripts: str
+    out_subscripts: str
+    kept: tuple[bool, ...]
+    scale: float
+
+
+def _coupled_terms(
+    out_index: int, out_leaf: LeafSpace, in_index: int, in_leaf: LeafSpace
+) -> list[CoupledTerm]:
+    # Partitions of (output axes + input axes) into single-id blocks correspond one to one to
+    # (output partition, input partition, partial matching of their blocks with equal ids).
+    # Matchings that pair nothing are the pooled terms, handled once for all leaves elsewhere.
+    terms = []
+    out_ids, in_ids = out_leaf.permuted_ids, in_leaf.permuted_ids
+    for p_out, out_partition in enumerate(id_partitions(out_ids)):
+        out_letters = list(LETTERS[: len(out_partition)])
+        out_block_ids = [out_ids[block[0]] for block in out_partition]
+        for in_partition in id_partitions(in_ids):
+            in_block_ids = [in_ids[block[0]] for block in in_partition]
+            in_sizes = block_sizes(in_leaf, in_partition)
+            for matching in _matchings_by_id(out_block_ids, in_block_ids):
+                if not matching:
+                    continue
+                matched = dict((b_in, b_out) for b_out, b_in in matching)
+                spare = iter(LETTERS[len(out_partition) :])
+                in_letters = [
+                    out_letters[matched[b]] if b in matched else next(spare)
+                    for b in range(len(in_partition))
+                ]
+                kept = tuple(b in {b_out for b_out, _ in matching} for b in range(len(out_letters)))
+                terms.append(
+                    CoupledTerm(
+                        out_leaf=out_index,
+                        in_leaf=in_index,
+                        out_partition=p_out,
+                        in_subscripts=subscripts(in_partition, in_letters, len(in_ids)),
+                        out_subscripts="".join(c for c, k in zip(out_letters, kept) if k),
+                        kept=kept,
+                        scale=1.0
+                        / math.prod(s for b, s in enumerate(in_sizes) if b not in matched),
+                    )
+                )
+    return terms
+
+
+def _matchings_by_id(out_block_ids: list[int], in_block_ids: list[int]):
+    """Partial matchings (out block, in block) that only pair blocks of one id."""
+    per_id = []
+    for pid in dict.fromkeys(out_block_ids):
+        outs = [b for b, g in enumerate(out_block_ids) if g == pid]
+        ins = [b for b, g in enumerate(in_block_ids) if g == pid]
+        per_id.append(partial_matchings(outs, ins))
+    combos = [()]
+    for options in per_id:
+        combos = [c + m for c in combos for m in options]
+    return combos
+
+
+def _check_shared_sizes(space: WeightSpace, out_space: WeightSpace) -> None:
+    in_sizes, out_sizes = space.sizes, out_space.sizes
+    for pid in set(in_sizes) & set(out_sizes):
+        if in_sizes[pid] != out_sizes[pid]:
+            raise ValueError(
+                f"permutation id {pid} has size {in_sizes[pid]} in the input space but "
+                f"{out_sizes[pid]} in the output space"
+            )
+
+
+class EquivariantLinear(eqx.Module):
+    """The complete permutation-equivariant linear map between two weight spaces.
+
+    For every pair of (output leaf, input leaf) it learns one `(channels_in * fixed_in,
+    channels_out * fixed_out)` matrix per basis map: one per set partition of the pair's permuted
+    axes whose blocks hold axes of one id (any ranks, any number of tied axes). Fixed axes are
+    folded into the channels and mixed densely. The bias is the complete equivariant bias of
+    each output leaf (a constant per partition of its own axes, so diagonals of ties get their
+    own constant).
+
+    Terms that keep no index (the mean of an input leaf over its permuted axes, or over one of
+    its diagonals, broadcast to an output leaf) exist for every pair of leaves; they are pooled
+    once per input leaf and mixed by a single matrix, so cost and compile time grow with the
+    number of coupled pairs (leaves that share an id), not with the square of the number of
+    leaves.
+
+    Acts on the features of one network (every leaf `shape + (in_channels,)`); `vmap` for
+    batches.
+    """
+
+    pooled_weight: Float[Array, "pooled total_out"]
+    bias: Float[Array, " total_out"] | None
+    coupled_weights: tuple[Float[Array, "fan_in fan_out"], ...]
+    space: WeightSpace = eqx.field(static=True)
+    out_space: WeightSpace = eqx.field(static=True)
+    in_channels: int = eqx.field(static=True)
+    out_channels: int = eqx.field(static=True)
+    pooling: Pooling = eqx.field(static=True)
+    terms: tuple[CoupledTerm, ...] = eqx.field(static=True)
+    out_partitions: tuple[int, ...] = eqx.field(static=True)
+
+    def __init__(
+        self,
+        space: WeightSpace,
+        in_channels: int,
+        out_channels: int,
+        *,
+        out_space: WeightSpace | None = None,
+        use_bias: bool = True,
+        dtype=None,
+        key: PRNGKeyArray,
+    ):
+        """**Arguments:**
+
+        - `space`: the input weight space.
+        - `in_channels`, `out_channels`: channels of the input and output features.
+        - `out_space`: the output weight space (default: `space`). Ids shared by both spaces
+          are the same permutation, so they must have the same size.
+        - `use_bias`: whether to add the equivariant bias.
+        - `dtype`: parameter dtype (default: JAX's default float).
+        - `key`: PRNG key for the initialisation.
+
+        Weights are drawn so that each output entry sums `T` terms of unit-variance inputs with
+        variance `1/T` in total, keeping activations of order one.
+        """
+        out_space = space if out_space is None else out_space
+        _check_shared_sizes(space, out_space)
+        for name, value in [("in_channels", in_channels), ("out_channels", out_channels)]:
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        dtype = jnp.zeros(()).dtype if dtype is None else dtype
+        self.space, self.out_space = space, out_space
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.pooling = Pooling.of(space, in_channels)
+        self.out_partitions = tuple(len(id_partitions(leaf.permuted_ids)) for leaf in out_space)
+        self.terms = tuple(
+            term
+            for i, out_leaf in enumerate(out_space)
+            for j, in_leaf in enumerate(space)
+            if set(out_leaf.permuted_ids) & set(in_leaf.permuted_ids)
+            for term in _coupled_terms(i, out_leaf, j, in_leaf)
+        )
+
+        terms_into = [1] * len(out_space.leaves)
+        for term in self.terms:
+            terms_into[term.out_leaf] += 1
+        pooled_key, *term_keys = jax.random.split(key, len(self.terms) + 1)
+        pooled_columns = []
+        for i, leaf in enumerate(out_space):
+            width = self.out_partitions[i] * leaf.fixed_size * out_channels
+            std = 1.0 / math.sqrt(self.pooling.width * terms_into[i])
+            column_key = jax.random.fold_in(pooled_key, i)
+            pooled_columns.append(
+                std * jax.random.normal(column_key, (self.pooling.width, width), dtype)
+            )
+        self.pooled_weight = jnp.concatenate(pooled_columns, axis=1)
+        self.bias = jnp.zeros((self.pooled_weight.shape[1],), dtype) if use_bias else None
+        weights = []
+        for term, term_key in zip(self.terms, term_keys):
+            fan_in = space.leaves[term.in_leaf].fixed_size * in_channels
+            fan_out = out_space.leaves[term.out_leaf].fixed_size * out_channels
+            std = 1.0 / math.sqrt(fan_in * terms_into[term.out_leaf])
+            weights.append(std * jax.random.normal(term_key, (fan_in, fan_out), dtype))
+        self.coupled_weights = tuple(weights)
+
+    def __call__(self, features: PyTree[Float[Array, "..."]]) -> PyTree[Float[Array, "..."]]:
+        """Map features of `space` (channels `in_channels`) to features of `out_space`."""
+        leaves = self.space.flatten(features, channels=True)
+        if leaves and leaves[0].shape[-1] != self.in_channels:
+            raise ValueError(
+                f"features have {leaves[0].shape[-1]} channels, layer expects {self.in_channels}"
+            )
+        folded = [fold(leaf, x) for leaf, x in zip(self.space, leaves)]
+
+        pooled = self.pooling(folded) @ self.pooled_weight
+        if self.bias is not None:
+            pooled = pooled + self.bias
+        # accumulators[i][p]: values on the blocks of output partition p of leaf i, with size-1
+        # axes on blocks that only broadcast.
+        accumulators = []
+        offset = 0
+        for leaf in self.out_space:
+            width = leaf.fixed_size * self.out_channels
+            per_partition = []
+            for partition in id_partitions(leaf.permuted_ids):
+                chunk = pooled[offset : offset + width]
+                per_partition.append(chunk.reshape((1,) * len(partition) + (width,)))
+                offset += width
+            accumulators.append(per_partition)
+        for term, weight in zip(self.terms, self.coupled_weights):
+            mixed = jnp.einsum(
+                f"{term.in_subscripts}y,yz->{term.out_subscripts}z", folded[term.in_leaf], weight
+            )
+            kept_sizes = iter(mixed.shape[:-1])
+            shape = tuple(next(kept_sizes) if kept else 1 for kept in term.kept)
+            acc = accumulators[term.out_leaf]
+            acc[term.out_partition] = acc[term.out_partition] + term.scale * mixed.reshape(
+                (*shape, mixed.shape[-1])
+            )
+
+        outputs = []
+        for leaf, per_partition in zip(self.out_space, accumulators):
+            num_axes = len(leaf.permuted_ids)
+            total = 0.0
+            for partition, values in zip(id_partitions(leaf.permuted_ids), per_partition):
+                sizes = block_sizes(leaf, partition)
+                total = total + expand_partition(partition, sizes, values, num_axes)
+            outputs.append(unfold(leaf, total))
+        return self.out_space.unflatten(outputs)
+
+
+def count_equivariant_terms(space: WeightSpace, out_space: WeightSpace | None = None) -> int:
+    """Number of basis maps (excluding bias) between the permuted axes of every pair of leaves."""
+    out_space = space if out_space is None else out_space
+    pooled = len(Pooling.of(space, 1).statistics) * sum(
+        len(id_partitions(leaf.permuted_ids)) for leaf in out_space
+    )
+    coupled = sum(
+        len(_coupled_terms(i, o, j, n))
+        for i, o in enumerate(out_space)
+        for j, n in enumerate(space)
+        if set(o.permuted_ids) & set(n.permuted_ids)
+    )
+    return pooled + coupled

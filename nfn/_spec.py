@@ -1,0 +1,254 @@
+"""Weight spaces: a parameter pytree's shapes plus the permutation acting on each axis."""
+
+import dataclasses
+import math
+import numbers
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Axes = tuple[int | None, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class LeafSpace:
+    """One array leaf of a weight space.
+
+    **Fields:**
+
+    - `path`: the leaf's key path in the parameter pytree, as `jax.tree_util.keystr` prints it.
+    - `shape`: the leaf's shape (without any channel axis).
+    - `axes`: one entry per axis: an `int` permutation id (the axis is permuted by that
+      permutation) or `None` (the axis is fixed).
+    """
+
+    path: str
+    shape: tuple[int, ...]
+    axes: Axes
+
+    @property
+    def permuted_positions(self) -> tuple[int, ...]:
+        """Positions of the permuted axes, in order."""
+        return tuple(k for k, a in enumerate(self.axes) if a is not None)
+
+    @property
+    def fixed_positions(self) -> tuple[int, ...]:
+        """Positions of the fixed axes, in order."""
+        return tuple(k for k, a in enumerate(self.axes) if a is None)
+
+    @property
+    def permuted_ids(self) -> tuple[int, ...]:
+        """The permutation id of each permuted axis, in order."""
+        return tuple(a for a in self.axes if a is not None)
+
+    @property
+    def permuted_shape(self) -> tuple[int, ...]:
+        return tuple(self.shape[k] for k in self.permuted_positions)
+
+    @property
+    def fixed_size(self) -> int:
+        """Number of entries spanned by the fixed axes (1 if there are none)."""
+        return math.prod(self.shape[k] for k in self.fixed_positions)
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+
+def _is_axes(x: Any) -> bool:
+    # A spec leaf is a tuple of scalars; containers of the pytree itself hold modules or arrays.
+    return isinstance(x, tuple) and all(a is None or isinstance(a, numbers.Number | str) for a in x)
+
+
+def _leaf_error(path: str, message: str) -> ValueError:
+    return ValueError(f"weight space leaf {path}: {message}")
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightSpace:
+    """A parameter pytree's structure, shapes, and the permutation acting on each axis.
+
+    Build one with [`nfn.WeightSpace.from_spec`][] from parameters and a hand-written spec, or
+    derive it from an Equinox model with [`nfn.weight_space`][]. A `WeightSpace` is immutable
+    and hashable, so layers keep it as static metadata.
+
+    Axes that share an `int` id are permuted together by the same permutation (so they must have
+    the same size), across leaves and within one leaf (a "tie", e.g. a recurrent matrix `(h, h)`).
+    `None` marks a fixed axis: never permuted, mixed densely by the layers.
+    """
+
+    treedef: Any
+    leaves: tuple[LeafSpace, ...]
+
+    def __post_init__(self):
+        sizes: dict[int, tuple[int, str, int]] = {}
+        for leaf in self.leaves:
+            if len(leaf.axes) != len(leaf.shape):
+                raise _leaf_error(
+                    leaf.path,
+                    f"spec {leaf.axes} has {len(leaf.axes)} axes but the array has rank "
+                    f"{len(leaf.shape)} (shape {leaf.shape})",
+                )
+            for axis, pid in enumerate(leaf.axes):
+                if pid is None:
+                    continue
+                if isinstance(pid, bool) or not isinstance(pid, int):
+                    raise _leaf_error(
+                        leaf.path,
+                        f"axis {axis} has id {pid!r} of type {type(pid).__name__}; ids must be "
+                        "Python ints (or None for a fixed axis)",
+                    )
+                size = leaf.shape[axis]
+                if pid in sizes and sizes[pid][0] != size:
+                    first_size, first_path, first_axis = sizes[pid]
+                    raise _leaf_error(
+                        leaf.path,
+                        f"axis {axis} has size {size} but permutation id {pid} also acts on "
+                        f"axis {first_axis} of leaf {first_path} with size {first_size}; axes "
+                        "sharing an id must have the same size",
+                    )
+                sizes.setdefault(pid, (size, leaf.path, axis))
+
+    @classmethod
+    def from_spec(cls, params: Any, spec: Any) -> "WeightSpace":
+        """Describe `params` with `spec`.
+
+        **Arguments:**
+
+        - `params`: a pytree whose leaves are arrays (`None` subtrees are allowed, as left by
+          `eqx.filter`).
+        - `spec`: a pytree with the structure of `params` whose leaves are tuples: one entry per
+          axis of the matching array, an `int` permutation id or `None`.
+
+        **Raises:** `ValueError` naming the leaf (and axis) for a structure mismatch, a non-array
+        leaf, a rank mismatch, a non-int id, or two axes with one id and different sizes.
+        """
+        params_leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+        try:
+            spec_leaves = treedef.flatten_up_to(spec)
+        except (ValueError, TypeError) as err:
+            raise ValueError(_structure_mismatch(params, spec)) from err
+        leaves = []
+        for (path, array), axes in zip(params_leaves, spec_leaves):
+            path_str = jax.tree_util.keystr(path)
+            if not isinstance(array, jax.Array | np.ndarray):
+                raise _leaf_error(
+                    path_str,
+                    f"is a {type(array).__name__}, not an array; filter the model first "
+                    "(`eqx.filter(model, eqx.is_array)`)",
+                )
+            if not isinstance(axes, tuple):
+                raise _leaf_error(
+                    path_str,
+                    f"spec entry {axes!r} is not a tuple of ints and Nones, one per axis",
+                )
+            axes = tuple(
+                int(a) if isinstance(a, numbers.Integral) and not isinstance(a, bool) else a
+                for a in axes
+            )
+            leaves.append(LeafSpace(path_str, tuple(int(d) for d in array.shape), axes))
+        return cls(treedef, tuple(leaves))
+
+    @property
+    def num_leaves(self) -> int:
+        return len(self.leaves)
+
+    @property
+    def sizes(self) -> dict[int, int]:
+        """Size of each permutation id, in order of first appearance."""
+        sizes: dict[int, int] = {}
+        for leaf in self.leaves:
+            for size, pid in zip(leaf.shape, leaf.axes):
+                if pid is not None:
+                    sizes.setdefault(pid, size)
+        return sizes
+
+    @property
+    def ids(self) -> tuple[int, ...]:
+        return tuple(self.sizes)
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(leaf.size for leaf in self.leaves)
+
+    def __iter__(self) -> Iterator[LeafSpace]:
+        return iter(self.leaves)
+
+    def __len__(self) -> int:
+        return len(self.leaves)
+
+    def table(self) -> str:
+        """A readable table: one row per leaf with its path, shape and axes."""
+        rows = [("leaf", "shape", "axes")]
+        rows += [(leaf.path, str(leaf.shape), str(leaf.axes)) for leaf in self.leaves]
+        widths = [max(len(row[c]) for row in rows) for c in range(3)]
+        lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+        sizes = ", ".join(f"{pid}: {size}" for pid, size in self.sizes.items())
+        lines.append(f"permutation sizes: {{{sizes}}}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return (
+            f"WeightSpace({self.num_leaves} leaves, {self.num_parameters} parameters, "
+            f"ids {self.sizes})\n{self.table()}"
+        )
+
+    def unflatten(self, leaves: list[Any]) -> Any:
+        """Rebuild a pytree of this space's structure from leaves in leaf order."""
+        return jax.tree_util.tree_unflatten(self.treedef, leaves)
+
+    def flatten(self, tree: Any, *, channels: bool, name: str = "features") -> list[jax.Array]:
+        """Leaves of `tree` in leaf order, checked against this space.
+
+        With `channels=True` every leaf must have one extra trailing axis, and all leaves the
+        same number of channels. Raises `ValueError` naming the leaf on any mismatch.
+        """
+        tree_leaves, treedef = jax.tree_util.tree_flatten(tree)
+        if treedef != self.treedef:
+            raise ValueError(
+                f"{name} do not have the structure of the weight space: expected {self.treedef}, "
+                f"got {treedef}"
+            )
+        channel_count = None
+        for leaf, x in zip(self.leaves, tree_leaves):
+            if not hasattr(x, "shape"):
+                raise _leaf_error(leaf.path, f"{name} leaf is a {type(x).__name__}, not an array")
+            expected_rank = len(leaf.shape) + (1 if channels else 0)
+            if x.ndim != expected_rank or tuple(x.shape[: len(leaf.shape)]) != leaf.shape:
+                trailing = " + (channels,)" if channels else ""
+                raise _leaf_error(
+                    leaf.path, f"{name} leaf has shape {x.shape}, expected {leaf.shape}{trailing}"
+                )
+            if channels:
+                if channel_count is None:
+                    channel_count = x.shape[-1]
+                elif x.shape[-1] != channel_count:
+                    raise _leaf_error(
+                        leaf.path,
+                        f"{name} leaf has {x.shape[-1]} channels but earlier leaves have "
+                        f"{channel_count}",
+                    )
+        return [jnp.asarray(x) for x in tree_leaves]
+
+
+def _structure_mismatch(params: Any, spec: Any) -> str:
+    param_paths = {
+        jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]
+    }
+    spec_paths = {
+        jax.tree_util.keystr(p)
+        for p, _ in jax.tree_util.tree_flatten_with_path(spec, is_leaf=_is_axes)[0]
+    }
+    missing = sorted(param_paths - spec_paths)
+    extra = sorted(spec_paths - param_paths)
+    details = []
+    if missing:
+        details.append(f"params leaves without a spec entry: {', '.join(missing)}")
+    if extra:
+        details.append(f"spec entries without a params leaf: {', '.join(extra)}")
+    if not details:
+        details.append("the containers differ (e.g. a list against a tuple, or module types)")
+    return "spec does not have the structure of params; " + "; ".join(details)
