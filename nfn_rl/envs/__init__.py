@@ -1,4 +1,9 @@
 """Environments implementing `nfn_rl.envs.Environment`."""
 
 from nfn_rl.envs._ant import Ant as Ant
-from nfn_rl.envs._protocol import Environment as Environment, EnvState as EnvState
+from nfn_rl.envs._cartpole import Cartpole as Cartpole
+from nfn_rl.envs._protocol import Environment as Environment
+from nfn_rl.envs._protocol import EnvState as EnvState
+from nfn_rl.envs._registry import env_names as env_names
+from nfn_rl.envs._registry import make_env as make_env
+from nfn_rl.envs._registry import register_env as register_env

@@ -27,7 +27,8 @@ class Environment(eqx.Module):
 
     Subclasses set the metadata fields (`observation_size`, `action_size`, `discrete`, `horizon`,
     `max_return`) and implement `reset` and `step`. For discrete environments actions are integer
-    indices in `[0, action_size)`; for continuous ones they are float vectors in `[-1, 1]^action_size`.
+    indices in `[0, action_size)`; for continuous ones they are float vectors in
+    `[-1, 1]^action_size`.
     """
 
     observation_size: eqx.AbstractVar[int]

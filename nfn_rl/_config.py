@@ -1,0 +1,150 @@
+"""The EPVF training configuration: every knob of Algorithm 1, validated on construction."""
+
+import dataclasses
+import json
+import math
+from typing import Any, Literal
+
+from nfn_rl._critics import critic_names
+from nfn_rl._perturb import NOISES
+from nfn_rl.envs import env_names
+
+SCHEDULES = ("constant", "exponential")
+
+
+@dataclasses.dataclass(frozen=True)
+class EPVFConfig:
+    """Hyperparameters of an EPVF run; the defaults solve Cartpole within a minute on 2 CPU cores.
+
+    They follow Faccio et al.'s public Cartpole settings (one environment, batch 16, FIFO buffer
+    1e5, K = L = 10 Adam steps with learning rates 1e-3, Gaussian perturbations with sigma 1,
+    critic MLP (64, 64)) except where a field's comment says otherwise.
+
+    Attributes:
+        env: environment name (`nfn_rl.make_env`).
+        horizon: episode length; None = the environment's default.
+        num_envs: environments per iteration = perturbed policies rolled out per iteration (M).
+        batch_size: critic batch N, sampled without replacement from the buffer.
+        buffer_size: FIFO buffer capacity.
+        critic_steps: critic Adam steps per iteration (K).
+        policy_steps: policy Adam steps per iteration (L).
+        critic_lr: critic Adam learning rate.
+        policy_lr: policy learning rate (at the first iteration).
+        policy_lr_end: policy learning rate at the last iteration (exponential schedule only).
+        policy_lr_schedule: "constant" or "exponential" (from `policy_lr` to `policy_lr_end`).
+        noise: "gaussian" (N(0, noise_scale^2)) or "uniform_scaled" (U(-s|w|, s|w|)).
+        noise_scale: sigma of the Gaussian, or s of the scaled uniform noise.
+        perturbation_clip: clip each perturbation to (-c, c); None = no clipping.
+        weight_clip: clip the policy parameters to (-c, c) after the policy steps; None = off.
+        weight_decay: decoupled (AdamW) weight decay of the policy optimiser.
+        multiple_policies: train `num_envs` independently initialised policies, each perturbed
+            once per iteration, instead of perturbing one policy `num_envs` times.
+        policy_hidden: hidden layer widths of the policy MLP (tanh).
+        critic: critic name (`nfn_rl.make_critic`).
+        critic_hidden: hidden layer widths of the critic.
+        iterations: number of iterations of Algorithm 1.
+        seed: seed of initialisation and of every iteration's randomness.
+        eval_interval: evaluate the unperturbed policy every this many iterations.
+        eval_episodes: episodes (random initial states) per evaluation.
+        log_interval: iterations per jitted chunk; metrics are written after every chunk.
+        checkpoint_interval: iterations between checkpoints (a multiple of `log_interval`).
+    """
+
+    env: str = "cartpole"
+    horizon: int | None = None
+    num_envs: int = 1
+    batch_size: int = 16
+    buffer_size: int = 100_000
+    critic_steps: int = 10
+    policy_steps: int = 10
+    critic_lr: float = 1e-3
+    policy_lr: float = 1e-3
+    policy_lr_end: float = 1e-3
+    policy_lr_schedule: Literal["constant", "exponential"] = "constant"
+    noise: Literal["gaussian", "uniform_scaled"] = "gaussian"
+    noise_scale: float = 1.0
+    perturbation_clip: float | None = None
+    weight_clip: float | None = None
+    weight_decay: float = 0.0
+    multiple_policies: bool = False
+    policy_hidden: tuple[int, ...] = (64, 64)
+    critic: str = "flat"
+    critic_hidden: tuple[int, ...] = (64, 64)
+    iterations: int = 1000
+    seed: int = 0
+    eval_interval: int = 10
+    eval_episodes: int = 10
+    log_interval: int = 50
+    checkpoint_interval: int = 500
+
+    def __post_init__(self):
+        # Tuples keep the config hashable (it is static under jit) whatever sequence was given.
+        object.__setattr__(self, "policy_hidden", tuple(self.policy_hidden))
+        object.__setattr__(self, "critic_hidden", tuple(self.critic_hidden))
+        if self.env not in env_names():
+            _fail("env", f"unknown environment {self.env!r}; known: {', '.join(env_names())}")
+        if self.critic not in critic_names():
+            _fail("critic", f"unknown critic {self.critic!r}; known: {', '.join(critic_names())}")
+        if self.noise not in NOISES:
+            _fail("noise", f"must be one of {NOISES}, got {self.noise!r}")
+        if self.policy_lr_schedule not in SCHEDULES:
+            schedule = self.policy_lr_schedule
+            _fail("policy_lr_schedule", f"must be one of {SCHEDULES}, got {schedule!r}")
+        positive_ints = (
+            "num_envs",
+            "batch_size",
+            "buffer_size",
+            "iterations",
+            "eval_interval",
+            "eval_episodes",
+            "log_interval",
+            "checkpoint_interval",
+        )
+        for name in positive_ints:
+            _check_int(name, getattr(self, name), minimum=1)
+        for name in ("critic_steps", "policy_steps", "seed"):
+            _check_int(name, getattr(self, name), minimum=0)
+        if self.horizon is not None:
+            _check_int("horizon", self.horizon, minimum=1)
+        for name in ("critic_lr", "policy_lr", "policy_lr_end", "noise_scale"):
+            _check_float(name, getattr(self, name), positive=True)
+        _check_float("weight_decay", self.weight_decay, positive=False)
+        for name in ("perturbation_clip", "weight_clip"):
+            if getattr(self, name) is not None:
+                _check_float(name, getattr(self, name), positive=True)
+        for name in ("policy_hidden", "critic_hidden"):
+            widths = getattr(self, name)
+            if not all(isinstance(w, int) and w >= 1 for w in widths) or len(set(widths)) > 1:
+                _fail(name, f"must be equal positive widths, got {widths}")
+        if self.iterations % self.log_interval:
+            _fail("iterations", f"must be a multiple of log_interval={self.log_interval}")
+        if self.checkpoint_interval % self.log_interval:
+            _fail("checkpoint_interval", f"must be a multiple of log_interval={self.log_interval}")
+        if not isinstance(self.multiple_policies, bool):
+            _fail("multiple_policies", f"must be a bool, got {self.multiple_policies!r}")
+
+    def to_json(self) -> str:
+        """The config as a JSON object (`from_json` inverts it)."""
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "EPVFConfig":
+        """Read a config written by `to_json`."""
+        fields: dict[str, Any] = json.loads(text)
+        return cls(**fields)
+
+
+def _fail(name: str, message: str):
+    raise ValueError(f"EPVFConfig.{name}: {message}")
+
+
+def _check_int(name: str, value: Any, *, minimum: int):
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        _fail(name, f"must be an integer >= {minimum}, got {value!r}")
+
+
+def _check_float(name: str, value: Any, *, positive: bool):
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        _fail(name, f"must be a finite number, got {value!r}")
+    if value < 0 or (positive and value == 0):
+        _fail(name, f"must be {'> 0' if positive else '>= 0'}, got {value!r}")

@@ -1,0 +1,79 @@
+"""Exploration in parameter space: the perturbed policies whose returns train the critic."""
+
+from typing import Literal, TypeVar
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import PRNGKeyArray
+
+Noise = Literal["gaussian", "uniform_scaled"]
+NOISES: tuple[str, ...] = ("gaussian", "uniform_scaled")
+
+T = TypeVar("T")
+
+
+def perturb(
+    policy: T,
+    *,
+    key: PRNGKeyArray,
+    noise: Noise = "gaussian",
+    scale: float = 1.0,
+    clip: float | None = None,
+) -> T:
+    """`policy` with every floating-point array leaf perturbed independently per weight `w`.
+
+    `noise="gaussian"` adds `N(0, scale^2)`; `noise="uniform_scaled"` adds
+    `U(-scale |w|, scale |w|)`, so the noise follows each weight's magnitude (zero weights stay
+    zero). With `clip` the perturbation itself is clipped to `[-clip, clip]`.
+    """
+    if noise not in NOISES:
+        raise ValueError(f"unknown noise {noise!r}; known: {', '.join(NOISES)}")
+    params, static = eqx.partition(policy, eqx.is_inexact_array)
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(key, len(leaves))
+
+    def delta(w, k):
+        if noise == "gaussian":
+            d = scale * jax.random.normal(k, w.shape, w.dtype)
+        else:
+            d = scale * jnp.abs(w) * jax.random.uniform(k, w.shape, w.dtype, -1.0, 1.0)
+        return d if clip is None else jnp.clip(d, -clip, clip)
+
+    perturbed = [w + delta(w, k) for w, k in zip(leaves, keys, strict=True)]
+    return eqx.combine(jax.tree.unflatten(treedef, perturbed), static)
+
+
+def perturb_population(
+    policy: T,
+    num: int,
+    *,
+    key: PRNGKeyArray,
+    multiple_policies: bool = False,
+    noise: Noise = "gaussian",
+    scale: float = 1.0,
+    clip: float | None = None,
+) -> T:
+    """`num` perturbed policies, stacked along a new leading axis of every array leaf.
+
+    By default all are perturbations of the one `policy`. With `multiple_policies=True`, `policy`
+    is already a stack of `num` policies (leading axis on every array leaf) and each is perturbed
+    once.
+    """
+    keys = jax.random.split(key, num)
+    params, static = eqx.partition(policy, eqx.is_array)
+
+    def one(p, k):
+        return eqx.filter(
+            perturb(eqx.combine(p, static), key=k, noise=noise, scale=scale, clip=clip),
+            eqx.is_array,
+        )
+
+    if multiple_policies:
+        sizes = {leaf.shape[0] for leaf in jax.tree.leaves(params)}
+        if sizes != {num}:
+            raise ValueError(f"multiple_policies needs {num} stacked policies, got leading {sizes}")
+        stacked = jax.vmap(one)(params, keys)
+    else:
+        stacked = jax.vmap(one, in_axes=(None, 0))(params, keys)
+    return eqx.combine(stacked, static)

@@ -1,0 +1,64 @@
+"""The files a training run leaves behind: `metrics.csv` and `returns.png`."""
+
+import csv
+import math
+from pathlib import Path
+
+METRIC_COLUMNS = (
+    "iteration",
+    "env_steps",
+    "wall_s",
+    "return_mean",
+    "return_max",
+    "eval_return",
+    "critic_loss",
+    "policy_lr",
+    "nonfinite_returns",
+    "skipped_updates",
+)
+_INT_COLUMNS = {"iteration", "env_steps", "nonfinite_returns", "skipped_updates"}
+
+
+def append_metrics(path: Path, rows: list[dict], *, fresh: bool = False) -> None:
+    """Append rows (dicts keyed by `METRIC_COLUMNS`); `fresh` starts a new file with a header."""
+    with path.open("w" if fresh else "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
+        if fresh:
+            writer.writeheader()
+        writer.writerows(rows)
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The rows of a `metrics.csv`, with integer and float columns parsed."""
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return [
+            {k: int(v) if k in _INT_COLUMNS else float(v) for k, v in row.items()}
+            for row in csv.DictReader(f)
+        ]
+
+
+def plot_returns(rows: list[dict], path: Path) -> None:
+    """Returns against environment steps and against wall-clock time, saved to `path`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, x_name, label in zip(
+        axes, ("env_steps", "wall_s"), ("environment steps", "wall-clock time [s]"), strict=True
+    ):
+        x = [r[x_name] for r in rows]
+        ax.plot(x, [r["return_mean"] for r in rows], lw=1, label="perturbed policies (mean)")
+        evals = [(r[x_name], r["eval_return"]) for r in rows if not math.isnan(r["eval_return"])]
+        if evals:
+            ax.plot(*zip(*evals, strict=True), lw=1.5, label="unperturbed policy (eval)")
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("undiscounted return")
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,48 @@
+"""Episode returns of deterministic policies: the regression targets of an EPVF critic."""
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, Int, PRNGKeyArray
+
+from nfn_rl.envs import Environment, EnvState
+
+
+def policy_action(env: Environment, policy: Callable, obs: Float[Array, " obs"]) -> Array:
+    """The action `policy` takes at `obs`: the argmax of its logits if `env` is discrete, else its
+    output (already in `[-1, 1]`)."""
+    out = policy(obs)
+    return jnp.argmax(out) if env.discrete else out
+
+
+def episode_length_and_return(
+    env: Environment, policy: Callable, key: PRNGKeyArray
+) -> tuple[Int[Array, ""], Float[Array, ""]]:
+    """The number of steps until the episode ends and its undiscounted return.
+
+    Runs a fixed `env.horizon` steps so that it vmaps over policies; transitions out of a done
+    state count neither reward nor steps. Non-finite rewards before the end propagate into the
+    return so that callers can detect them.
+    """
+
+    def step(carry: tuple[EnvState, Array, Array], _):
+        state, length, total = carry
+        nxt = env.step(state, policy_action(env, policy, state.obs))
+        live = ~state.done
+        # `where`, not multiplication: rewards after the end may be NaN and must not leak in.
+        total = total + jnp.where(live, nxt.reward, 0.0)
+        return (nxt, length + live, total), None
+
+    init = (env.reset(key), jnp.zeros((), jnp.int32), jnp.zeros(()))
+    (_, length, total), _ = jax.lax.scan(step, init, None, length=env.horizon)
+    return length, total
+
+
+def episode_return(env: Environment, policy: Callable, key: PRNGKeyArray) -> Float[Array, ""]:
+    """The undiscounted return of one episode of the deterministic `policy` in `env`.
+
+    Vmap over policies by batching the policy's arrays, e.g.
+    `jax.vmap(lambda p, k: episode_return(env, eqx.combine(p, static), k))(params, keys)`.
+    """
+    return episode_length_and_return(env, policy, key)[1]

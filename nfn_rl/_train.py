@@ -1,0 +1,404 @@
+"""EPVF training (Algorithm 1): jitted chunks of iterations, and a host loop that records a run."""
+
+import dataclasses
+import importlib.metadata
+import io
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import optax
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree, UInt32
+from tqdm.auto import tqdm
+
+from nfn_rl._buffer import ReplayBuffer, make_buffer
+from nfn_rl._config import EPVFConfig
+from nfn_rl._critics import make_critic
+from nfn_rl._perturb import perturb_population
+from nfn_rl._policy import make_policy
+from nfn_rl._report import METRIC_COLUMNS, append_metrics, plot_returns, read_metrics
+from nfn_rl._rollout import episode_length_and_return
+from nfn_rl.envs import Environment, make_env
+
+CHECKPOINT_FORMAT = "nfn_rl.epvf.checkpoint/1"
+
+
+class TrainState(eqx.Module):
+    """Everything that changes during training; a checkpoint stores exactly this.
+
+    `policy` holds the policy arrays with a leading axis over the trained policies (1, or
+    `num_envs` with `multiple_policies`). `key` is the raw data of the run key; iteration `i`
+    draws its randomness from `fold_in(key, i)` alone, which makes resumed runs reproduce
+    uninterrupted ones.
+    """
+
+    iteration: Int[Array, ""]
+    policy: PyTree[Array]
+    policy_opt_state: PyTree
+    critic: PyTree[Array]
+    critic_opt_state: PyTree
+    buffer: ReplayBuffer
+    key: UInt32[Array, "..."]
+
+
+def policy_lr_at(config: EPVFConfig, iteration: Int[Array, ""] | int) -> Float[Array, ""]:
+    """The policy learning rate used during `iteration` (exponential: `policy_lr` at the first
+    iteration, `policy_lr_end` at the last)."""
+    if config.policy_lr_schedule == "constant":
+        return jnp.asarray(config.policy_lr, jnp.float32)
+    fraction = jnp.asarray(iteration, jnp.float32) / max(config.iterations - 1, 1)
+    return config.policy_lr * (config.policy_lr_end / config.policy_lr) ** fraction
+
+
+def _policy_optimizer(config: EPVFConfig) -> optax.GradientTransformation:
+    steps = max(config.policy_steps, 1)
+    return optax.adamw(
+        learning_rate=lambda count: policy_lr_at(config, count // steps),
+        weight_decay=config.weight_decay,
+    )
+
+
+def _critic_optimizer(config: EPVFConfig) -> optax.GradientTransformation:
+    return optax.adam(config.critic_lr)
+
+
+def _all_finite(tree: PyTree) -> Bool[Array, ""]:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def _select(ok: Bool[Array, ""], new: PyTree, old: PyTree) -> PyTree:
+    return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+
+
+class EPVFTrainer(eqx.Module):
+    """The pure pieces of EPVF training for one config and environment (build with `make_train`).
+
+    Holds no arrays: two trainers built from equal configs and environments compare equal, so
+    jitted calls on them share one compilation.
+    """
+
+    config: EPVFConfig = eqx.field(static=True)
+    env: Environment
+    policy_static: PyTree
+    critic_static: PyTree
+    buffer_capacity: int = eqx.field(static=True)
+
+    @property
+    def num_policies(self) -> int:
+        return self.config.num_envs if self.config.multiple_policies else 1
+
+    def init(self) -> TrainState:
+        """The initial state for `config.seed`."""
+        config = self.config
+        policy_key, critic_key, run_key = jax.random.split(jax.random.key(config.seed), 3)
+        policies = jax.vmap(
+            lambda k: eqx.filter(make_policy(self.env, config.policy_hidden, key=k), eqx.is_array)
+        )(jax.random.split(policy_key, self.num_policies))
+        example = eqx.combine(jax.tree.map(lambda x: x[0], policies), self.policy_static)
+        critic = eqx.filter(
+            make_critic(config.critic, example, key=critic_key, hidden=config.critic_hidden),
+            eqx.is_array,
+        )
+        return TrainState(
+            iteration=jnp.zeros((), jnp.int32),
+            policy=policies,
+            policy_opt_state=_policy_optimizer(config).init(policies),
+            critic=critic,
+            critic_opt_state=_critic_optimizer(config).init(critic),
+            buffer=make_buffer(jax.tree.map(lambda x: x[0], policies), self.buffer_capacity),
+            key=jax.random.key_data(run_key),
+        )
+
+    def policy(self, state: TrainState, index: int = 0) -> eqx.nn.MLP:
+        """Trained policy number `index` (always 0 unless `multiple_policies`)."""
+        return eqx.combine(jax.tree.map(lambda x: x[index], state.policy), self.policy_static)
+
+    def iteration_keys(self, state: TrainState) -> tuple[PRNGKeyArray, PRNGKeyArray, PRNGKeyArray]:
+        """The (rollout, critic, evaluation) keys of the state's iteration."""
+        key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.iteration)
+        rollout_key, critic_key, eval_key = jax.random.split(key, 3)
+        return rollout_key, critic_key, eval_key
+
+    def _returns(
+        self, params: PyTree[Array], keys: PRNGKeyArray
+    ) -> tuple[Int[Array, " n"], Float[Array, " n"]]:
+        return jax.vmap(
+            lambda p, k: episode_length_and_return(self.env, eqx.combine(p, self.policy_static), k)
+        )(params, keys)
+
+    def collect(
+        self, state: TrainState, *, key: PRNGKeyArray
+    ) -> tuple[PyTree[Array], Int[Array, " envs"], Float[Array, " envs"]]:
+        """Perturb the current policy (or each policy), roll every perturbation out once.
+
+        Returns the perturbed parameters (leading axis `num_envs`), episode lengths and returns.
+        """
+        config = self.config
+        perturb_key, rollout_key = jax.random.split(key)
+        centre = state.policy
+        if not config.multiple_policies:
+            centre = jax.tree.map(lambda x: x[0], centre)
+        candidates = perturb_population(
+            centre,
+            config.num_envs,
+            key=perturb_key,
+            multiple_policies=config.multiple_policies,
+            noise=config.noise,
+            scale=config.noise_scale,
+            clip=config.perturbation_clip,
+        )
+        lengths, returns = self._returns(candidates, jax.random.split(rollout_key, config.num_envs))
+        return candidates, lengths, returns
+
+    def _value(self, critic: PyTree[Array], params: PyTree[Array]) -> Float[Array, " n"]:
+        critic = eqx.combine(critic, self.critic_static)
+        return jax.vmap(lambda p: critic(eqx.combine(p, self.policy_static)))(params)
+
+    def critic_update(
+        self, state: TrainState, *, key: PRNGKeyArray
+    ) -> tuple[TrainState, Float[Array, ""], Int[Array, ""]]:
+        """`critic_steps` Adam steps on batches from the buffer.
+
+        Returns the new state, the mean loss over the finite steps and the number of steps
+        skipped because their loss or gradient was not finite.
+        """
+        optimizer = _critic_optimizer(self.config)
+
+        def loss_fn(critic, params, returns, valid):
+            error = jnp.where(valid, self._value(critic, params) - returns, 0.0)
+            return jnp.sum(error**2) / jnp.maximum(jnp.sum(valid), 1)
+
+        def step(carry, step_key):
+            critic, opt_state = carry
+            batch = state.buffer.sample(self.config.batch_size, key=step_key)
+            loss, grads = jax.value_and_grad(loss_fn)(critic, *batch)
+            updates, new_opt_state = optimizer.update(grads, opt_state, critic)
+            new = (optax.apply_updates(critic, updates), new_opt_state)
+            ok = jnp.isfinite(loss) & _all_finite(grads)
+            return _select(ok, new, carry), (loss, ok)
+
+        keys = jax.random.split(key, self.config.critic_steps)
+        (critic, opt_state), (losses, ok) = jax.lax.scan(
+            step, (state.critic, state.critic_opt_state), keys
+        )
+        mean_loss = jnp.sum(jnp.where(ok, losses, 0.0)) / jnp.sum(ok)
+        state = dataclasses.replace(state, critic=critic, critic_opt_state=opt_state)
+        return state, mean_loss, jnp.sum(~ok)
+
+    def policy_update(self, state: TrainState) -> tuple[TrainState, Int[Array, ""]]:
+        """`policy_steps` steps ascending the (frozen) critic, then weight clipping.
+
+        Returns the new state and the number of steps skipped for non-finite gradients.
+        """
+        optimizer = _policy_optimizer(self.config)
+
+        def loss_fn(policy):
+            # A sum, not a mean: each trained policy ascends its own value.
+            return -jnp.sum(self._value(state.critic, policy))
+
+        def step(carry, _):
+            policy, opt_state = carry
+            loss, grads = jax.value_and_grad(loss_fn)(policy)
+            updates, new_opt_state = optimizer.update(grads, opt_state, policy)
+            new = (optax.apply_updates(policy, updates), new_opt_state)
+            ok = jnp.isfinite(loss) & _all_finite(grads)
+            return _select(ok, new, carry), ok
+
+        (policy, opt_state), ok = jax.lax.scan(
+            step, (state.policy, state.policy_opt_state), None, length=self.config.policy_steps
+        )
+        clip = self.config.weight_clip
+        if clip is not None:
+            policy = jax.tree.map(lambda x: jnp.clip(x, -clip, clip), policy)
+        state = dataclasses.replace(state, policy=policy, policy_opt_state=opt_state)
+        return state, jnp.sum(~ok)
+
+    def evaluate(self, state: TrainState, *, key: PRNGKeyArray) -> Float[Array, ""]:
+        """Mean return of the unperturbed policies over `eval_episodes` initial states."""
+        keys = jax.random.split(key, self.config.eval_episodes)
+
+        def mean_return(params):
+            policy = eqx.combine(params, self.policy_static)
+            episode = jax.vmap(lambda k: episode_length_and_return(self.env, policy, k)[1])
+            return jnp.mean(episode(keys))
+
+        return jnp.mean(jax.vmap(mean_return)(state.policy))
+
+    def iteration(self, state: TrainState) -> tuple[TrainState, dict[str, Array]]:
+        """One iteration of Algorithm 1, plus its metrics."""
+        config = self.config
+        rollout_key, critic_key, eval_key = self.iteration_keys(state)
+        candidates, lengths, returns = self.collect(state, key=rollout_key)
+        # Non-finite returns would poison every later critic fit: they never enter the buffer.
+        finite = jnp.isfinite(returns)
+        state = dataclasses.replace(state, buffer=state.buffer.insert(candidates, returns, finite))
+        state, critic_loss, critic_skipped = self.critic_update(state, key=critic_key)
+        state, policy_skipped = self.policy_update(state)
+        evaluate = (state.iteration + 1) % config.eval_interval == 0
+        eval_return = jax.lax.cond(
+            evaluate, lambda: self.evaluate(state, key=eval_key), lambda: jnp.full((), jnp.nan)
+        )
+        metrics = {
+            "episode_steps": jnp.sum(lengths),
+            "return_mean": jnp.sum(jnp.where(finite, returns, 0.0)) / jnp.sum(finite),
+            "return_max": jnp.max(jnp.where(finite, returns, -jnp.inf)),
+            "eval_return": eval_return,
+            "critic_loss": critic_loss,
+            "policy_lr": policy_lr_at(config, state.iteration),
+            "nonfinite_returns": jnp.sum(~finite),
+            "skipped_updates": critic_skipped + policy_skipped,
+        }
+        return dataclasses.replace(state, iteration=state.iteration + 1), metrics
+
+    def run_chunk(self, state: TrainState) -> tuple[TrainState, dict[str, Array]]:
+        """`log_interval` iterations under `lax.scan`; metrics gain a leading iteration axis."""
+        return jax.lax.scan(
+            lambda s, _: self.iteration(s), state, None, length=self.config.log_interval
+        )
+
+
+def make_train(config: EPVFConfig, env: Environment | None = None) -> EPVFTrainer:
+    """The trainer for `config`, on `env` or else on `make_env(config.env, config.horizon)`."""
+    if env is None:
+        env = make_env(config.env, config.horizon)
+    example = make_policy(env, config.policy_hidden, key=jax.random.key(0))
+    critic = make_critic(config.critic, example, key=jax.random.key(0), hidden=config.critic_hidden)
+    return EPVFTrainer(
+        config=config,
+        env=env,
+        policy_static=eqx.filter(example, eqx.is_array, inverse=True),
+        critic_static=eqx.filter(critic, eqx.is_array, inverse=True),
+        # Slots past the total number of rollouts would never be filled: not allocating them
+        # keeps memory and checkpoints small without changing what is sampled.
+        buffer_capacity=min(config.buffer_size, config.iterations * config.num_envs),
+    )
+
+
+@eqx.filter_jit(donate="all-except-first")
+def run_chunk(trainer: EPVFTrainer, state: TrainState) -> tuple[TrainState, dict[str, Array]]:
+    """`trainer.run_chunk`, jitted; `state` is donated."""
+    return trainer.run_chunk(state)
+
+
+def _nfn_version() -> str:
+    try:
+        return importlib.metadata.version("nfn")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def save_checkpoint(path: Path, state: TrainState, header: dict) -> None:
+    """Write a JSON header line, then the serialised state; atomically replaces `path`."""
+    buffer = io.BytesIO()
+    buffer.write((json.dumps(header) + "\n").encode())
+    eqx.tree_serialise_leaves(buffer, state)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(buffer.getvalue())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, trainer: EPVFTrainer) -> tuple[TrainState, dict]:
+    """The state and header stored at `path` by `save_checkpoint` for this trainer's config."""
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint to resume from at {path}")
+    with path.open("rb") as f:
+        header = json.loads(f.readline())
+        if header.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{path} is not an EPVF checkpoint ({CHECKPOINT_FORMAT})")
+        stored = EPVFConfig(**header["config"])
+        if stored != trainer.config:
+            diff = {
+                field.name: (getattr(stored, field.name), getattr(trainer.config, field.name))
+                for field in dataclasses.fields(EPVFConfig)
+                if getattr(stored, field.name) != getattr(trainer.config, field.name)
+            }
+            raise ValueError(f"config differs from the checkpoint's (stored, given): {diff}")
+        state = eqx.tree_deserialise_leaves(f, eqx.filter_eval_shape(trainer.init))
+    return state, header
+
+
+def train(
+    config: EPVFConfig,
+    env: Environment | None = None,
+    *,
+    out_dir: str | os.PathLike,
+    resume: bool = False,
+    progress: bool = True,
+    on_chunk: Callable[[int], None] | None = None,
+) -> tuple[EPVFTrainer, TrainState]:
+    """Run EPVF training and record it in `out_dir`.
+
+    Writes `config.json`, `metrics.csv` (one row per iteration), `checkpoint.eqx` (every
+    `checkpoint_interval` iterations and at the end) and `returns.png`. With `resume=True` the
+    run continues from `out_dir/checkpoint.eqx` and reproduces an uninterrupted run's metrics
+    (all but `wall_s`). `on_chunk(iteration)` is called after each chunk's metrics are written.
+    Returns the trainer and the final state (`trainer.policy(state)` is the trained policy).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    trainer = make_train(config, env)
+    checkpoint = out / "checkpoint.eqx"
+    metrics_path = out / "metrics.csv"
+    if resume:
+        state, header = load_checkpoint(checkpoint, trainer)
+        env_steps, wall_offset = header["env_steps"], header["wall_s"]
+        # Rows written after the checkpoint belong to the lost part of the run.
+        rows = [r for r in read_metrics(metrics_path) if r["iteration"] < header["iteration"]]
+        append_metrics(metrics_path, rows, fresh=True)
+    else:
+        state, env_steps, wall_offset = trainer.init(), 0, 0.0
+        append_metrics(metrics_path, [], fresh=True)
+    (out / "config.json").write_text(config.to_json() + "\n")
+
+    done = int(state.iteration)
+    bar = _progress_bar(config.iterations, done, progress)
+    start, wall = time.perf_counter(), wall_offset
+    while done < config.iterations:
+        state, metrics = run_chunk(trainer, state)
+        metrics = jax.device_get(metrics)
+        previous_wall, wall = wall, wall_offset + time.perf_counter() - start
+        rows = []
+        for j in range(config.log_interval):
+            env_steps += int(metrics["episode_steps"][j])
+            row = {"iteration": done + j, "env_steps": env_steps}
+            # One timing per chunk; iterations inside it are spread evenly.
+            row["wall_s"] = previous_wall + (wall - previous_wall) * (j + 1) / config.log_interval
+            row |= {name: metrics[name][j].item() for name in METRIC_COLUMNS[3:]}
+            rows.append(row)
+        append_metrics(metrics_path, rows)
+        chunk_steps = int(metrics["episode_steps"].sum())
+        done += config.log_interval
+        if bar is not None:
+            bar.update(config.log_interval)
+            evals = [r["eval_return"] for r in rows if not math.isnan(r["eval_return"])]
+            bar.set_postfix(
+                steps_per_s=f"{chunk_steps / max(wall - previous_wall, 1e-9):.3g}",
+                ret=f"{rows[-1]['return_mean']:.1f}",
+                eval=f"{evals[-1]:.1f}" if evals else "-",
+            )
+        if done % config.checkpoint_interval == 0 or done == config.iterations:
+            header = {
+                "format": CHECKPOINT_FORMAT,
+                "config": dataclasses.asdict(config),
+                "nfn_version": _nfn_version(),
+                "iteration": done,
+                "env_steps": env_steps,
+                "wall_s": wall,
+            }
+            save_checkpoint(checkpoint, state, header)
+        if on_chunk is not None:
+            on_chunk(done)
+    if bar is not None:
+        bar.close()
+    plot_returns(read_metrics(metrics_path), out / "returns.png")
+    return trainer, state
+
+
+def _progress_bar(total: int, initial: int, enabled: bool) -> tqdm | None:
+    return tqdm(total=total, initial=initial, unit="it", desc="EPVF") if enabled else None

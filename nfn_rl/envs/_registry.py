@@ -1,0 +1,34 @@
+"""Environments by name, so that a config can name its environment."""
+
+from collections.abc import Callable
+
+from nfn_rl.envs._cartpole import Cartpole
+from nfn_rl.envs._protocol import Environment
+
+EnvFactory = Callable[[int | None], Environment]
+
+
+def _cartpole(horizon: int | None) -> Environment:
+    return Cartpole() if horizon is None else Cartpole(horizon=horizon)
+
+
+_ENVS: dict[str, EnvFactory] = {"cartpole": _cartpole}
+
+
+def register_env(name: str, factory: EnvFactory) -> None:
+    """Make `make_env(name, horizon)` call `factory(horizon)` (None: the default horizon)."""
+    if name in _ENVS:
+        raise ValueError(f"environment {name!r} is already registered")
+    _ENVS[name] = factory
+
+
+def env_names() -> tuple[str, ...]:
+    """The names `make_env` knows."""
+    return tuple(sorted(_ENVS))
+
+
+def make_env(name: str, horizon: int | None = None) -> Environment:
+    """The environment registered as `name`, with its default horizon unless `horizon` is given."""
+    if name not in _ENVS:
+        raise ValueError(f"unknown environment {name!r}; known: {', '.join(env_names())}")
+    return _ENVS[name](horizon)
