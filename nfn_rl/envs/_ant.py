@@ -21,7 +21,6 @@ linear velocity, so the maximum return equals the horizon.
 """
 
 import importlib.resources
-from typing import Literal
 
 import equinox as eqx
 import jax
@@ -124,7 +123,7 @@ class Ant(Environment):
     discrete: bool = eqx.field(static=True)
     max_return: float = eqx.field(static=True)
 
-    def __init__(self, variant: Literal["position", "torque"] = "position", horizon: int = 1000):
+    def __init__(self, variant: str = "position", horizon: int = 1000):
         if variant not in _VARIANTS:
             raise ValueError(f"unknown Ant variant {variant!r}; expected one of {_VARIANTS}")
         if horizon < 1:
@@ -172,7 +171,7 @@ class Ant(Environment):
             control = action
         data = state.physics.replace(ctrl=control)
         data = jax.lax.fori_loop(
-            0, self.n_substeps, lambda _, d: mjx.step(self.model, d), data, unroll=True
+            0, self.n_substeps, lambda _, d: mjx.step(self.model, d), data, unroll=False
         )
 
         finite = jnp.all(jnp.isfinite(data.qpos)) & jnp.all(jnp.isfinite(data.qvel))
