@@ -10,6 +10,7 @@ import dataclasses
 import math
 import string
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
@@ -130,3 +131,43 @@ def expand_partition(
     positions = [position for block in partition for position in block]
     order = (*np.argsort(positions), num_axes)
     return jnp.transpose(values, order)
+
+
+_CHUNK = 1 << 14
+
+
+def normal_arrays(
+    key, shapes: tuple[tuple[int, ...], ...], stds: tuple[float, ...], dtype
+) -> list[Array]:
+    """Independent `N(0, std^2)` arrays of the given shapes.
+
+    Draws fixed-size chunks and slices them on the host: every eager JAX call compiles once per
+    shape, and layers have many small parameter arrays of varied shapes, so drawing each
+    directly would compile (slowly, on CPU) once per array shape.
+    """
+    total = sum(math.prod(shape) for shape in shapes)
+    chunks = [
+        np.asarray(jax.random.normal(jax.random.fold_in(key, k), (_CHUNK,), dtype))
+        for k in range(-(-total // _CHUNK))
+    ]
+    flat = np.concatenate(chunks) if chunks else np.zeros((0,), dtype)
+    arrays, offset = [], 0
+    for shape, std in zip(shapes, stds):
+        size = math.prod(shape)
+        arrays.append(jnp.asarray(std * flat[offset : offset + size].reshape(shape)))
+        offset += size
+    return arrays
+
+
+def zeros(shape: tuple[int, ...], dtype) -> Array:
+    """Host-made zeros (an eager `jnp.zeros` compiles once per shape)."""
+    return jnp.asarray(np.zeros(shape, dtype))
+
+
+def ones(shape: tuple[int, ...], dtype) -> Array:
+    return jnp.asarray(np.ones(shape, dtype))
+
+
+def default_float(dtype):
+    """`dtype`, or JAX's default float dtype (float64 when x64 is enabled)."""
+    return jnp.dtype(jnp.zeros(()).dtype if dtype is None else dtype)

@@ -4,11 +4,22 @@ import dataclasses
 import math
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
-from nfn._basis import LETTERS, Pooling, block_sizes, expand_partition, fold, subscripts, unfold
+from nfn._basis import (
+    LETTERS,
+    Pooling,
+    block_sizes,
+    default_float,
+    expand_partition,
+    fold,
+    normal_arrays,
+    subscripts,
+    unfold,
+    zeros,
+)
 from nfn._partitions import id_partitions, partial_matchings
 from nfn._spec import LeafSpace, WeightSpace
 
@@ -153,7 +164,7 @@ class EquivariantLinear(eqx.Module):
         for name, value in [("in_channels", in_channels), ("out_channels", out_channels)]:
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        dtype = jnp.zeros(()).dtype if dtype is None else dtype
+        dtype = default_float(dtype)
         self.space, self.out_space = space, out_space
         self.in_channels, self.out_channels = in_channels, out_channels
         self.pooling = Pooling.of(space, in_channels)
@@ -169,24 +180,22 @@ class EquivariantLinear(eqx.Module):
         terms_into = [1] * len(out_space.leaves)
         for term in self.terms:
             terms_into[term.out_leaf] += 1
-        pooled_key, *term_keys = jax.random.split(key, len(self.terms) + 1)
-        pooled_columns = []
+        shapes, stds = [], []
         for i, leaf in enumerate(out_space):
-            width = self.out_partitions[i] * leaf.fixed_size * out_channels
-            std = 1.0 / math.sqrt(self.pooling.width * terms_into[i])
-            column_key = jax.random.fold_in(pooled_key, i)
-            pooled_columns.append(
-                std * jax.random.normal(column_key, (self.pooling.width, width), dtype)
+            shapes.append(
+                (self.pooling.width, self.out_partitions[i] * leaf.fixed_size * out_channels)
             )
-        self.pooled_weight = jnp.concatenate(pooled_columns, axis=1)
-        self.bias = jnp.zeros((self.pooled_weight.shape[1],), dtype) if use_bias else None
-        weights = []
-        for term, term_key in zip(self.terms, term_keys):
+            stds.append(1.0 / math.sqrt(self.pooling.width * terms_into[i]))
+        for term in self.terms:
             fan_in = space.leaves[term.in_leaf].fixed_size * in_channels
             fan_out = out_space.leaves[term.out_leaf].fixed_size * out_channels
-            std = 1.0 / math.sqrt(fan_in * terms_into[term.out_leaf])
-            weights.append(std * jax.random.normal(term_key, (fan_in, fan_out), dtype))
-        self.coupled_weights = tuple(weights)
+            shapes.append((fan_in, fan_out))
+            stds.append(1.0 / math.sqrt(fan_in * terms_into[term.out_leaf]))
+        arrays = normal_arrays(key, tuple(shapes), tuple(stds), dtype)
+        num_out = len(out_space.leaves)
+        self.pooled_weight = jnp.asarray(np.concatenate(arrays[:num_out], axis=1))
+        self.bias = zeros((self.pooled_weight.shape[1],), dtype) if use_bias else None
+        self.coupled_weights = tuple(arrays[num_out:])
 
     def __call__(self, features: PyTree[Float[Array, "..."]]) -> PyTree[Float[Array, "..."]]:
         """Map features of `space` (channels `in_channels`) to features of `out_space`."""

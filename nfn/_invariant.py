@@ -3,11 +3,9 @@
 import math
 
 import equinox as eqx
-import jax
-import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
-from nfn._basis import Pooling, fold
+from nfn._basis import Pooling, default_float, fold, normal_arrays, zeros
 from nfn._spec import WeightSpace
 
 
@@ -40,13 +38,13 @@ class InvariantLinear(eqx.Module):
         for name, value in [("in_channels", in_channels), ("out_features", out_features)]:
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        dtype = jnp.zeros(()).dtype if dtype is None else dtype
+        dtype = default_float(dtype)
         self.space = space
         self.in_channels, self.out_features = in_channels, out_features
         self.pooling = Pooling.of(space, in_channels)
         std = 1.0 / math.sqrt(self.pooling.width)
-        self.weight = std * jax.random.normal(key, (self.pooling.width, out_features), dtype)
-        self.bias = jnp.zeros((out_features,), dtype) if use_bias else None
+        (self.weight,) = normal_arrays(key, ((self.pooling.width, out_features),), (std,), dtype)
+        self.bias = zeros((out_features,), dtype) if use_bias else None
 
     @property
     def num_statistics(self) -> int:

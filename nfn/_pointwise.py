@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
+from nfn._basis import default_float, ones, zeros
 from nfn._spec import WeightSpace
 
 
@@ -39,10 +40,10 @@ class ChannelLayerNorm(eqx.Module):
                 f"channels must be an int >= 2 (normalising one channel gives zeros), got "
                 f"{channels!r}"
             )
-        dtype = jnp.zeros(()).dtype if dtype is None else dtype
+        dtype = default_float(dtype)
         self.space, self.channels, self.eps = space, channels, eps
-        self.scale = tuple(jnp.ones((channels,), dtype) for _ in space.leaves)
-        self.offset = tuple(jnp.zeros((channels,), dtype) for _ in space.leaves)
+        self.scale = tuple(ones((channels,), dtype) for _ in space.leaves)
+        self.offset = tuple(zeros((channels,), dtype) for _ in space.leaves)
 
     def __call__(self, features: PyTree[Float[Array, "..."]]) -> PyTree[Float[Array, "..."]]:
         leaves = self.space.flatten(features, channels=True)
