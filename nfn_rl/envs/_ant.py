@@ -166,8 +166,9 @@ class Ant(Environment):
     def step(self, state: AntState, action: Float[Array, "8"]) -> AntState:
         """One control step: ``n_substeps`` physics steps at a fixed control."""
         action = jnp.clip(jnp.nan_to_num(jnp.asarray(action, jnp.float32)), -1.0, 1.0)
-        control = self.home_control + self.action_scale * action
-        if self.variant == "torque":
+        if self.variant == "position":
+            control = self.home_control + self.action_scale * action
+        else:
             control = action
         data = state.physics.replace(ctrl=control)
         data = jax.lax.fori_loop(
@@ -182,7 +183,6 @@ class Ant(Environment):
         velocity = _rotate_into_frame(data.qpos[3:7], data.qvel[0:3])
         reward = tracking_reward(velocity[:2])
         reward = jnp.where(finite & ~state.done, reward, 0.0)
-        reward = jnp.nan_to_num(reward, nan=0.0, posinf=0.0, neginf=0.0)
 
         step_count = state.step_count + 1
         fallen = (height <= MIN_HEIGHT) | (height >= MAX_HEIGHT)
