@@ -67,6 +67,14 @@ def _leaf_error(path: str, message: str) -> ValueError:
     return ValueError(f"weight space leaf {path}: {message}")
 
 
+def _bad_id(path: str, axis: int, pid: Any) -> ValueError:
+    return _leaf_error(
+        path,
+        f"axis {axis} has id {pid!r} of type {type(pid).__name__}; ids must be Python ints "
+        "(or None for a fixed axis)",
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class WeightSpace:
     """A parameter pytree's structure, shapes, and the permutation acting on each axis.
@@ -96,11 +104,7 @@ class WeightSpace:
                 if pid is None:
                     continue
                 if isinstance(pid, bool) or not isinstance(pid, int):
-                    raise _leaf_error(
-                        leaf.path,
-                        f"axis {axis} has id {pid!r} of type {type(pid).__name__}; ids must be "
-                        "Python ints (or None for a fixed axis)",
-                    )
+                    raise _bad_id(leaf.path, axis, pid)
                 size = leaf.shape[axis]
                 if pid in sizes and sizes[pid][0] != size:
                     first_size, first_path, first_axis = sizes[pid]
@@ -149,6 +153,11 @@ class WeightSpace:
                 int(a) if isinstance(a, numbers.Integral) and not isinstance(a, bool) else a
                 for a in axes
             )
+            # Checked here, before building the typed LeafSpace, so a bad id is a ValueError
+            # naming the leaf and axis even under a runtime type checker.
+            for axis, pid in enumerate(axes):
+                if pid is not None and (isinstance(pid, bool) or not isinstance(pid, int)):
+                    raise _bad_id(path_str, axis, pid)
             leaves.append(LeafSpace(path_str, tuple(int(d) for d in array.shape), axes))
         return cls(treedef, tuple(leaves))
 
