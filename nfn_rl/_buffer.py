@@ -3,7 +3,7 @@
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree
+from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray, PyTree
 
 
 class ReplayBuffer(eqx.Module):
@@ -71,7 +71,7 @@ class ReplayBuffer(eqx.Module):
         return jax.tree.map(lambda x: x[index], self.params), self.returns[index], valid
 
 
-def make_buffer(example_params: PyTree[Array], capacity: int) -> ReplayBuffer:
+def make_buffer(example_params: PyTree[ArrayLike], capacity: int) -> ReplayBuffer:
     """An empty buffer for entries shaped like `example_params` (one entry, no leading axis)."""
     if capacity < 1:
         raise ValueError(f"capacity must be >= 1, got {capacity}")

@@ -3,7 +3,7 @@
 import dataclasses
 import json
 import math
-from typing import Any, Literal
+from typing import Any
 
 from nfn_rl._critics import critic_names
 from nfn_rl._perturb import NOISES
@@ -60,8 +60,9 @@ class EPVFConfig:
     critic_lr: float = 1e-3
     policy_lr: float = 1e-3
     policy_lr_end: float = 1e-3
-    policy_lr_schedule: Literal["constant", "exponential"] = "constant"
-    noise: Literal["gaussian", "uniform_scaled"] = "gaussian"
+    # `str`, not `Literal`: a bad value then reaches `__post_init__`, whose error names the choices.
+    policy_lr_schedule: str = "constant"
+    noise: str = "gaussian"
     noise_scale: float = 1.0
     perturbation_clip: float | None = None
     weight_clip: float | None = None
@@ -128,10 +129,15 @@ class EPVFConfig:
         return json.dumps(dataclasses.asdict(self), indent=2)
 
     @classmethod
+    def from_dict(cls, fields: dict[str, Any]) -> "EPVFConfig":
+        """The config from `dataclasses.asdict(config)`, also after a JSON round trip."""
+        # JSON turns the tuple fields into lists.
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+
+    @classmethod
     def from_json(cls, text: str) -> "EPVFConfig":
         """Read a config written by `to_json`."""
-        fields: dict[str, Any] = json.loads(text)
-        return cls(**fields)
+        return cls.from_dict(json.loads(text))
 
 
 def _fail(name: str, message: str):

@@ -14,7 +14,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import optax
-from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree, UInt32
+from jaxtyping import Array, Bool, Float, Int, Key, PRNGKeyArray, PyTree, UInt32
 from tqdm.auto import tqdm
 
 from nfn_rl._buffer import ReplayBuffer, make_buffer
@@ -126,7 +126,7 @@ class EPVFTrainer(eqx.Module):
         return rollout_key, critic_key, eval_key
 
     def _returns(
-        self, params: PyTree[Array], keys: PRNGKeyArray
+        self, params: PyTree[Array], keys: Key[Array, " n"]
     ) -> tuple[Int[Array, " n"], Float[Array, " n"]]:
         return jax.vmap(
             lambda p, k: episode_length_and_return(self.env, eqx.combine(p, self.policy_static), k)
@@ -311,7 +311,7 @@ def load_checkpoint(path: Path, trainer: EPVFTrainer) -> tuple[TrainState, dict]
         header = json.loads(f.readline())
         if header.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"{path} is not an EPVF checkpoint ({CHECKPOINT_FORMAT})")
-        stored = EPVFConfig(**header["config"])
+        stored = EPVFConfig.from_dict(header["config"])
         if stored != trainer.config:
             diff = {
                 field.name: (getattr(stored, field.name), getattr(trainer.config, field.name))

@@ -1,0 +1,500 @@
+"""The EPVF engine: buffer, perturbations, critics, config, rollouts and the training loop."""
+
+import dataclasses
+import json
+import math
+from collections import deque
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import nfn_rl
+from nfn_rl._report import read_metrics
+from nfn_rl.envs import Cartpole, Environment, EnvState
+
+# One small config for every training test, so that the suite compiles its chunk function once.
+SMALL = nfn_rl.EPVFConfig(
+    horizon=200,
+    num_envs=8,
+    iterations=60,
+    log_interval=10,
+    eval_interval=10,
+    checkpoint_interval=30,
+    policy_hidden=(16, 16),
+    critic_hidden=(32, 32),
+    noise_scale=0.3,
+    seed=3,
+)
+
+
+def _entries(values):
+    """Buffer entries whose params are a small pytree that encodes each entry's value."""
+    values = np.asarray(values, np.float32)
+    return {"a": values[:, None] * np.ones((1, 3), np.float32), "b": (values, -values)}, values
+
+
+_insert = jax.jit(lambda buffer, params, returns, mask=None: buffer.insert(params, returns, mask))
+
+
+# --- replay buffer ---------------------------------------------------------------------------
+
+
+def _fifo_contents(buffer):
+    """The stored returns, oldest first."""
+    size, position = int(buffer.size), int(buffer.position)
+    returns = np.asarray(buffer.returns)
+    if size < buffer.capacity:
+        return list(returns[:size])
+    return list(np.roll(returns, -position))
+
+
+def test_buffer_fifo_order_and_wrap():
+    buffer = nfn_rl.make_buffer(jax.tree.map(lambda x: x[0], _entries([0.0])[0]), 5)
+    buffer = _insert(buffer, *_entries([0, 1, 2]))
+    assert (int(buffer.size), int(buffer.position)) == (3, 3)
+    buffer = _insert(buffer, *_entries([3, 4, 5]))
+    assert (int(buffer.size), int(buffer.position)) == (5, 1)
+    # Slot 0 was the oldest (0) and now holds the newest (5).
+    np.testing.assert_array_equal(buffer.returns, [5, 1, 2, 3, 4])
+    np.testing.assert_array_equal(buffer.params["a"][:, 0], [5, 1, 2, 3, 4])
+    np.testing.assert_array_equal(buffer.params["b"][1], [-5, -1, -2, -3, -4])
+    assert _fifo_contents(buffer) == [1, 2, 3, 4, 5]
+    # A batch larger than the capacity keeps its last `capacity` entries.
+    buffer = _insert(buffer, *_entries(range(10, 17)))
+    assert _fifo_contents(buffer) == [12, 13, 14, 15, 16]
+    np.testing.assert_array_equal(buffer.params["a"][:, 2], buffer.returns)
+
+
+@pytest.mark.parametrize("capacity", [1, 3, 5])
+def test_buffer_matches_a_deque(capacity):
+    """Masked inserts of any batch size behave like appending the kept entries to a deque."""
+    rng = np.random.default_rng(capacity)
+    reference = deque(maxlen=capacity)
+    buffer = nfn_rl.make_buffer({"w": jnp.zeros(2)}, capacity)
+    counter = 0
+    for _ in range(12):
+        batch = int(rng.choice([1, 4, 7]))
+        mask = rng.random(batch) < 0.7
+        values = np.arange(counter, counter + batch, dtype=np.float32)
+        counter += batch
+        params = {"w": np.stack([values, -values], axis=1)}
+        buffer = _insert(buffer, params, values, mask)
+        reference.extend(v for v, keep in zip(values, mask, strict=True) if keep)
+        assert _fifo_contents(buffer) == list(reference)
+    np.testing.assert_array_equal(buffer.params["w"][:, 0], buffer.returns)
+    np.testing.assert_array_equal(buffer.params["w"][:, 1], -buffer.returns)
+
+
+def test_buffer_sampling_without_replacement_from_filled_part():
+    buffer = nfn_rl.make_buffer(jax.tree.map(lambda x: x[0], _entries([0.0])[0]), 50)
+    buffer = _insert(buffer, *_entries(range(1, 31)))
+    sample = jax.jit(lambda b, k: b.sample(16, key=k))
+    counts = np.zeros(31)
+    for i in range(400):
+        params, returns, valid = sample(buffer, jax.random.key(i))
+        returns = np.asarray(returns)
+        assert bool(valid.all())
+        assert len(set(returns)) == 16, "sampled with replacement"
+        assert set(returns) <= set(range(1, 31)), "sampled an unfilled slot"
+        np.testing.assert_array_equal(params["a"][:, 0], returns)
+        counts[returns.astype(int)] += 1
+    # Each of the 30 entries is drawn with probability 16/30 per sample.
+    expected = 400 * 16 / 30
+    assert counts[0] == 0
+    assert np.all(np.abs(counts[1:] - expected) < 5 * math.sqrt(expected))
+
+
+def test_buffer_sample_smaller_than_batch():
+    buffer = nfn_rl.make_buffer(jax.tree.map(lambda x: x[0], _entries([0.0])[0]), 8)
+    buffer = _insert(buffer, *_entries([7, 8, 9]))
+    _, returns, valid = buffer.sample(5, key=jax.random.key(0))
+    assert list(np.asarray(valid)) == [True, True, True, False, False]
+    assert sorted(np.asarray(returns)[:3]) == [7, 8, 9]
+    # A batch larger than the capacity, with the buffer full.
+    buffer = _insert(buffer, *_entries(range(10, 20)))
+    _, returns, valid = buffer.sample(12, key=jax.random.key(1))
+    assert int(valid.sum()) == 8
+    assert sorted(np.asarray(returns)[np.asarray(valid)]) == list(range(12, 20))
+
+
+# --- perturbations ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def policy():
+    return nfn_rl.make_policy(Cartpole(), (64, 64), key=jax.random.key(0))
+
+
+_perturb = eqx.filter_jit(nfn_rl.perturb)
+
+
+def _flat(policy):
+    return np.asarray(nfn_rl.flat_params(policy))
+
+
+def test_uniform_scaled_noise_bounds_and_zeros(policy):
+    # Zero out one layer's bias: zero weights must stay exactly zero.
+    policy = eqx.tree_at(lambda p: p.layers[1].bias, policy, jnp.zeros(64))
+    base = _flat(policy)
+    deltas = []
+    for i in range(20):
+        perturbed = _perturb(policy, key=jax.random.key(i), noise="uniform_scaled", scale=0.3)
+        delta = _flat(perturbed) - base
+        assert np.all(np.abs(delta) <= 0.3 * np.abs(base) + 1e-7)
+        assert np.all(delta[base == 0] == 0)
+        deltas.append(delta)
+    # Uniform on (-0.3|w|, 0.3|w|): |delta| / (0.3 |w|) has mean 1/2 and fills the interval.
+    nonzero = base != 0
+    ratio = np.abs(np.stack(deltas)[:, nonzero]) / (0.3 * np.abs(base[nonzero]))
+    assert abs(ratio.mean() - 0.5) < 0.01
+    assert ratio.max() > 0.99
+
+
+def test_gaussian_noise_std_and_clip(policy):
+    base = _flat(policy)
+    delta = _flat(_perturb(policy, key=jax.random.key(0), scale=0.7)) - base
+    assert abs(delta.std() - 0.7) < 0.03
+    assert abs(delta.mean()) < 0.03
+    clipped = _flat(_perturb(policy, key=jax.random.key(0), scale=0.7, clip=0.2)) - base
+    assert np.abs(clipped).max() <= 0.2 + 1e-6
+    # Clipping only changes the large perturbations.
+    small = np.abs(delta) < 0.19
+    np.testing.assert_allclose(clipped[small], delta[small], atol=1e-6)
+    with pytest.raises(ValueError, match="noise"):
+        nfn_rl.perturb(policy, key=jax.random.key(0), noise="laplace")
+
+
+def test_perturb_population_single_and_multiple(policy):
+    base = _flat(policy)
+    population = eqx.filter_jit(nfn_rl.perturb_population)(
+        policy, 6, key=jax.random.key(1), scale=0.1
+    )
+    flats = np.asarray(eqx.filter_vmap(nfn_rl.flat_params)(population))
+    assert flats.shape == (6, base.size)
+    # All are different perturbations of the same centre.
+    assert np.all(np.abs(flats - base).std(axis=1) > 0.05)
+    assert len({row.tobytes() for row in flats}) == 6
+    np.testing.assert_allclose(flats.mean(axis=0), base, atol=0.3)
+
+    centres = eqx.filter_vmap(lambda k: nfn_rl.make_policy(Cartpole(), (64, 64), key=k))(
+        jax.random.split(jax.random.key(2), 3)
+    )
+    perturbed = eqx.filter_jit(nfn_rl.perturb_population)(
+        centres, 3, key=jax.random.key(3), multiple_policies=True, scale=0.01
+    )
+    centre_flats = np.asarray(eqx.filter_vmap(nfn_rl.flat_params)(centres))
+    perturbed_flats = np.asarray(eqx.filter_vmap(nfn_rl.flat_params)(perturbed))
+    # Each policy is perturbed once, around itself.
+    assert np.abs(perturbed_flats - centre_flats).max() < 0.1
+    assert np.all(np.abs(perturbed_flats - centre_flats).std(axis=1) > 0.005)
+    with pytest.raises(ValueError, match="stacked"):
+        nfn_rl.perturb_population(centres, 4, key=jax.random.key(3), multiple_policies=True)
+
+
+# --- critics and rollouts --------------------------------------------------------------------
+
+
+def test_flat_critic_gradient_reaches_policy(policy):
+    critic = nfn_rl.make_critic("flat", policy, key=jax.random.key(1), hidden=(32, 32))
+    assert isinstance(critic, nfn_rl.Critic)
+    value = critic(policy)
+    assert value.shape == ()
+    grads = eqx.filter_jit(eqx.filter_grad(lambda p: critic(p)))(policy)
+    grad_norms = [float(jnp.abs(g).sum()) for g in jax.tree.leaves(grads)]
+    assert len(grad_norms) == 6 and all(n > 0 for n in grad_norms)
+    with pytest.raises(ValueError, match="known: .*flat"):
+        nfn_rl.make_critic("nope", policy, key=jax.random.key(1))
+    assert "flat" in nfn_rl.critic_names()
+
+
+def _constant_action_policy(action: int):
+    """A policy whose logits always favour `action` (all weights zero, final bias picks it)."""
+    policy = nfn_rl.make_policy(Cartpole(), (8, 8), key=jax.random.key(0))
+    params, static = eqx.partition(policy, eqx.is_array)
+    policy = eqx.combine(jax.tree.map(jnp.zeros_like, params), static)
+    bias = jnp.zeros(2).at[action].set(1.0)
+    return eqx.tree_at(lambda p: p.layers[-1].bias, policy, bias)
+
+
+def test_episode_return_counts_until_done():
+    env = Cartpole()
+    policy = _constant_action_policy(1)
+    key = jax.random.key(5)
+    # Reference: step by hand until done.
+    step = jax.jit(env.step)
+    state, steps = env.reset(key), 0
+    while not bool(state.done):
+        state = step(state, jnp.asarray(1))
+        steps += 1
+    assert 5 < steps < 30
+    rollout = eqx.filter_jit(nfn_rl.episode_length_and_return)
+    length, ret = rollout(env, policy, key)
+    assert (int(length), float(ret)) == (steps, steps)
+    assert float(eqx.filter_jit(nfn_rl.episode_return)(env, policy, key)) == steps
+    # Truncation: a short horizon caps the return.
+    length, ret = rollout(Cartpole(horizon=4), policy, key)
+    assert (int(length), float(ret)) == (4, 4.0)
+
+
+def test_episode_return_vmaps_over_policies():
+    env = Cartpole(horizon=100)
+    policies = [_constant_action_policy(a) for a in (0, 1)]
+    policies.append(nfn_rl.make_policy(env, (8, 8), key=jax.random.key(9)))
+    key = jax.random.key(2)
+    single = eqx.filter_jit(nfn_rl.episode_return)
+    expected = [float(single(env, p, key)) for p in policies]
+    assert len(set(expected)) > 1
+    params = [eqx.filter(p, eqx.is_array) for p in policies]
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *params)
+    static = eqx.filter(policies[0], eqx.is_array, inverse=True)
+    batched = jax.jit(jax.vmap(lambda p: nfn_rl.episode_return(env, eqx.combine(p, static), key)))(
+        stacked
+    )
+    np.testing.assert_array_equal(batched, expected)
+
+
+# --- config ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("env", "pendulum"),
+        ("horizon", 0),
+        ("num_envs", 0),
+        ("batch_size", -1),
+        ("buffer_size", 0),
+        ("critic_steps", -1),
+        ("policy_lr", 0.0),
+        ("critic_lr", float("nan")),
+        ("policy_lr_schedule", "cosine"),
+        ("noise", "laplace"),
+        ("noise_scale", -0.1),
+        ("perturbation_clip", 0.0),
+        ("weight_clip", -1.0),
+        ("weight_decay", -1e-3),
+        ("policy_hidden", (64, 32)),
+        ("critic", "transformer"),
+        ("critic_hidden", (0,)),
+        ("iterations", 75),
+        ("checkpoint_interval", 75),
+    ],
+)
+def test_config_validation_names_field(field, value):
+    with pytest.raises(ValueError, match=rf"EPVFConfig\.{field}\b"):
+        nfn_rl.EPVFConfig(**{field: value})
+
+
+@pytest.mark.parametrize("field, value", [("num_envs", 2.5), ("multiple_policies", "yes")])
+def test_config_wrong_types_name_field(field, value):
+    # Under the jaxtyping import hook the annotation check (a TypeError) comes first.
+    with pytest.raises((ValueError, TypeError), match=field):
+        nfn_rl.EPVFConfig(**{field: value})
+
+
+def test_config_json_round_trip():
+    config = dataclasses.replace(SMALL, weight_clip=0.1, policy_lr_schedule="exponential")
+    assert nfn_rl.EPVFConfig.from_json(config.to_json()) == config
+    assert hash(config) == hash(nfn_rl.EPVFConfig.from_json(config.to_json()))
+
+
+def test_exponential_schedule_end_values():
+    config = nfn_rl.EPVFConfig(
+        iterations=100, policy_lr=1e-3, policy_lr_end=1e-7, policy_lr_schedule="exponential"
+    )
+    np.testing.assert_allclose(nfn_rl.policy_lr_at(config, 0), 1e-3, rtol=1e-6)
+    np.testing.assert_allclose(nfn_rl.policy_lr_at(config, 99), 1e-7, rtol=1e-5)
+    # Geometric in between: a third of the way, a third of the decades.
+    np.testing.assert_allclose(nfn_rl.policy_lr_at(config, 33), 1e-3 * 10 ** (-4 / 3), rtol=1e-5)
+    constant = dataclasses.replace(config, policy_lr_schedule="constant")
+    np.testing.assert_allclose(nfn_rl.policy_lr_at(constant, 99), 1e-3, rtol=1e-6)
+
+
+# --- training --------------------------------------------------------------------------------
+
+
+def _without_wall(rows):
+    return [{k: v for k, v in r.items() if k != "wall_s"} for r in rows]
+
+
+def _same(rows_a, rows_b):
+    """Equal metrics, NaN equal to NaN (iterations without evaluation)."""
+    assert len(rows_a) == len(rows_b)
+    for a, b in zip(_without_wall(rows_a), _without_wall(rows_b), strict=True):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert a[k] == b[k] or (math.isnan(a[k]) and math.isnan(b[k])), (k, a, b)
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("small_run")
+    trainer, state = nfn_rl.train(SMALL, out_dir=out, progress=False)
+    return out, trainer, state
+
+
+def test_run_directory(small_run):
+    out, trainer, state = small_run
+    assert nfn_rl.EPVFConfig.from_json((out / "config.json").read_text()) == SMALL
+    rows = read_metrics(out / "metrics.csv")
+    assert [r["iteration"] for r in rows] == list(range(SMALL.iterations))
+    for column in ("env_steps", "wall_s", "return_mean", "return_max", "eval_return"):
+        assert column in rows[0]
+    steps = [r["env_steps"] for r in rows]
+    assert all(b - a >= SMALL.num_envs for a, b in zip(steps, steps[1:], strict=False))
+    assert all(r["return_max"] >= r["return_mean"] for r in rows)
+    assert all(math.isfinite(r["critic_loss"]) for r in rows)
+    evals = [r["eval_return"] for r in rows]
+    assert [i for i, e in enumerate(evals) if not math.isnan(e)] == list(range(9, 60, 10))
+    assert (out / "returns.png").stat().st_size > 1000
+    with (out / "checkpoint.eqx").open("rb") as f:
+        header = json.loads(f.readline())
+    assert header["iteration"] == SMALL.iterations
+    assert header["env_steps"] == rows[-1]["env_steps"]
+    assert header["config"] == dataclasses.asdict(SMALL) | {
+        "policy_hidden": list(SMALL.policy_hidden),
+        "critic_hidden": list(SMALL.critic_hidden),
+    }
+    assert int(state.iteration) == SMALL.iterations
+    assert int(state.buffer.size) == SMALL.iterations * SMALL.num_envs
+
+
+def test_learning_improves_eval_return(small_run):
+    out, trainer, state = small_run
+    evals = [r["eval_return"] for r in read_metrics(out / "metrics.csv")]
+    evals = [e for e in evals if not math.isnan(e)]
+    # The initial policy balances for ~10 steps (horizon 200); 60 iterations lift that tenfold.
+    assert evals[0] < 30, evals
+    assert max(evals[-2:]) >= 100, evals
+
+
+def test_same_seed_same_metrics(small_run, tmp_path):
+    out, _, state = small_run
+    _, again = nfn_rl.train(SMALL, out_dir=tmp_path, progress=False)
+    _same(read_metrics(out / "metrics.csv"), read_metrics(tmp_path / "metrics.csv"))
+    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(again), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def test_resume_reproduces_uninterrupted_run(small_run, tmp_path):
+    out, _, state = small_run
+
+    def kill_after_checkpoint(iteration):
+        if iteration == SMALL.checkpoint_interval:
+            raise _Interrupted
+
+    with pytest.raises(_Interrupted):
+        nfn_rl.train(SMALL, out_dir=tmp_path, progress=False, on_chunk=kill_after_checkpoint)
+    rows = read_metrics(tmp_path / "metrics.csv")
+    assert len(rows) == SMALL.checkpoint_interval
+    # A row past the checkpoint, as a kill during the next chunk's write would leave.
+    with (tmp_path / "metrics.csv").open("a") as f:
+        f.write("30,1,1.0,1.0,1.0,,1.0,0.001,0,0\n")
+    _, resumed = nfn_rl.train(SMALL, out_dir=tmp_path, resume=True, progress=False)
+    _same(read_metrics(out / "metrics.csv"), read_metrics(tmp_path / "metrics.csv"))
+    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(resumed), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_resume_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "checkpoint.eqx")):
+        nfn_rl.train(SMALL, out_dir=tmp_path, resume=True, progress=False)
+
+
+def test_resume_rejects_other_config(small_run, tmp_path):
+    out, _, _ = small_run
+    (tmp_path / "checkpoint.eqx").write_bytes((out / "checkpoint.eqx").read_bytes())
+    other = dataclasses.replace(SMALL, noise_scale=0.5)
+    with pytest.raises(ValueError, match="noise_scale"):
+        nfn_rl.train(other, out_dir=tmp_path, resume=True, progress=False)
+
+
+# --- non-finite values -----------------------------------------------------------------------
+
+
+class NaNRewardCartpole(Environment):
+    """Cartpole whose reward is NaN whenever the cart is right of x = 0.05."""
+
+    inner: Cartpole
+
+    @property
+    def observation_size(self) -> int:
+        return self.inner.observation_size
+
+    @property
+    def action_size(self) -> int:
+        return self.inner.action_size
+
+    @property
+    def discrete(self) -> bool:
+        return self.inner.discrete
+
+    @property
+    def horizon(self) -> int:
+        return self.inner.horizon
+
+    @property
+    def max_return(self) -> float:
+        return self.inner.max_return
+
+    def reset(self, key):
+        return self.inner.reset(key)
+
+    def step(self, state: EnvState, action):
+        state = self.inner.step(state, action)
+        return dataclasses.replace(
+            state, reward=jnp.where(state.obs[0] > 0.05, jnp.nan, state.reward)
+        )
+
+
+def test_nonfinite_returns_never_enter_buffer_or_params(tmp_path):
+    config = dataclasses.replace(
+        SMALL,
+        iterations=20,
+        checkpoint_interval=20,
+        policy_lr_schedule="exponential",
+        policy_lr_end=1e-5,
+    )
+    env = NaNRewardCartpole(Cartpole(horizon=100))
+    _, state = nfn_rl.train(config, env, out_dir=tmp_path, progress=False)
+    rows = read_metrics(tmp_path / "metrics.csv")
+    nonfinite = sum(r["nonfinite_returns"] for r in rows)
+    assert 0 < nonfinite < config.iterations * config.num_envs
+    assert int(state.buffer.size) == config.iterations * config.num_envs - nonfinite
+    assert np.all(np.isfinite(state.buffer.returns))
+    for leaf in jax.tree.leaves(eqx.filter((state.policy, state.critic), eqx.is_array)):
+        assert np.all(np.isfinite(leaf))
+    assert all(math.isfinite(r["return_mean"]) for r in rows if r["nonfinite_returns"] < 8)
+    # The exponential schedule runs from policy_lr to policy_lr_end over the iterations.
+    np.testing.assert_allclose(rows[0]["policy_lr"], config.policy_lr, rtol=1e-5)
+    np.testing.assert_allclose(rows[-1]["policy_lr"], config.policy_lr_end, rtol=1e-4)
+
+
+def test_nonfinite_updates_are_skipped():
+    trainer = nfn_rl.make_train(dataclasses.replace(SMALL, critic_steps=3, policy_steps=2))
+    state = trainer.init()
+    params = jax.tree.map(lambda x: jnp.repeat(x, 4, axis=0), state.policy)
+    buffer = state.buffer.insert(params, jnp.array([1.0, jnp.nan, 2.0, 3.0]))
+    state = dataclasses.replace(state, buffer=buffer)
+    # Every batch holds the NaN entry: the buffer has only 4 entries and batches take 16.
+    updated, loss, skipped = eqx.filter_jit(lambda t, s: t.critic_update(s, key=jax.random.key(0)))(
+        trainer, state
+    )
+    assert int(skipped) == 3 and math.isnan(float(loss))
+    for a, b in zip(jax.tree.leaves(state.critic), jax.tree.leaves(updated.critic), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # A critic with a NaN weight gives NaN policy gradients: the policy must not move.
+    poisoned = dataclasses.replace(
+        state, critic=jax.tree.map(lambda x: x.at[(0,) * x.ndim].set(jnp.nan), state.critic)
+    )
+    moved, skipped = eqx.filter_jit(lambda t, s: t.policy_update(s))(trainer, poisoned)
+    assert int(skipped) == 2
+    for a, b in zip(jax.tree.leaves(state.policy), jax.tree.leaves(moved.policy), strict=True):
+        np.testing.assert_array_equal(a, b)
