@@ -109,6 +109,13 @@ class Ant(Environment):
     (0.2, 1.0) and is truncated at ``horizon`` steps; ``done`` is sticky. Reset is deterministic
     (the home keyframe): with a deterministic policy the return is then a function of the policy
     parameters alone, which is what an EPVF critic learns.
+
+    The env is a pytree (the MJX model is a field of arrays): pass it through ``jax.jit`` /
+    ``eqx.filter_jit`` as an argument or close over it; ``jax.jit(env.step)`` does not work
+    because a bound method of a module holding arrays is not hashable. Cost on a 2-core CPU
+    (jax 0.10.2, mujoco 4.0.0): a few thousand control steps/s at batch >= 64 for "position",
+    about 4x that for "torque"; compiling a rollout takes 20-60 s (use a persistent JAX
+    compilation cache).
     """
 
     model: mjx.Model
@@ -165,6 +172,7 @@ class Ant(Environment):
 
     def step(self, state: AntState, action: Float[Array, "8"]) -> AntState:
         """One control step: ``n_substeps`` physics steps at a fixed control."""
+        # A diverged policy may emit NaN; as a zero action it cannot poison the physics.
         action = jnp.clip(jnp.nan_to_num(jnp.asarray(action, jnp.float32)), -1.0, 1.0)
         if self.variant == "position":
             control = self.home_control + self.action_scale * action
