@@ -25,7 +25,8 @@ def identity_permutation(space: WeightSpace) -> Permutation:
 def compose_permutations(first: Permutation, second: Permutation) -> Permutation:
     """The permutation that acts like applying `first`, then `second`.
 
-    `permute(space, permute(space, x, first), second) == permute(space, x, compose_permutations(first, second))`.
+    `permute(space, permute(space, x, first), second)` equals
+    `permute(space, x, compose_permutations(first, second))`.
     """
     _check_same_ids(first, second)
     return {pid: first[pid][second[pid]] for pid in first}
