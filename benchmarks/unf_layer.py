@@ -1,0 +1,282 @@
+"""Forward+backward time and compile time of `nfn.EquivariantLinear` against a naive per-term UNF.
+
+    python benchmarks/unf_layer.py [--quick] [--naive-max-depth 8] [--naive-timeout 120]
+
+Weight spaces:
+
+- MLP (`eqx.nn.MLP`, `depth` hidden layers) with the NP spec (`nfn.weight_space(mlp,
+  io="permuted")`: input and output neurons permuted too) and the true-symmetry spec
+  (`io="fixed"`: input/output neurons fixed, folded into the channels), depth 2, 4, 8, 12, 16
+  at width 64 and 16 channels, plus NP at width 256 / 8 channels (depth 2) and width 32 / 32
+  channels (depth 8).
+- RNN (hidden 64, input 16, output 8): W_ih (h, None), W_hh (h, h) (a tie), b (h,),
+  readout (None, h).
+- Transformer block, written by hand (pre-LN, no attention biases):
+  ln1 (r,), W_q, W_k, W_v (heads, d_head, r), W_o (r, heads, d_head), ln2 (r,),
+  W_1 (m, r), b_1 (m,), W_2 (r, m), b_2 (r,) (r=32, 4 heads of 8, m=64), with ids: `head`
+  shared by Q/K/V/O, a within-head id `qk` shared by Q and K (the contracted dimension of the
+  scores) and another `vo` shared by V and O, `mlp` for the MLP hidden units. A shared
+  within-head permutation is a subgroup of the true symmetry (which may permute each head's
+  dimensions independently, a wreath product that ids cannot express). The residual stream
+  `r`: we benchmark both *fixed* (the block as a function of its inputs: the true symmetry of
+  one block in isolation, like `io="fixed"`; r is folded into the channels, so it is dense and
+  much heavier) and *permuted* (the residual basis permuted by one id, as in a whole
+  transformer where the embedding, every block, final LN and unembedding share it; LayerNorm's
+  mean/variance are invariant to it).
+
+Every layer acts on a batch of 16 networks (`jax.vmap` over the features). Timed: the loss
+`sum(out**2)` and its gradient with respect to the layer's parameters and the input features,
+jitted; "compile s" is trace + lower + XLA compile of that function; "fwd+bwd ms" the median of
+`--repeats` calls after two warm-up calls, each with `jax.block_until_ready`.
+
+The naive baseline (benchmarks/_naive_unf.py) runs one op chain per (output leaf, input leaf,
+partition) with the nfn layer's own parameters; before timing, each configuration where both
+run checks that they give the same outputs (max relative difference printed). Its compile time
+grows quickly, so it runs only up to `--naive-max-depth` for MLPs and is skipped once a naive
+compile took more than `--naive-timeout` seconds (the output says which rows were skipped).
+"""
+
+import argparse
+import dataclasses
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jaxlib
+import numpy as np
+
+import nfn
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _naive_unf import NaiveEquivariantLinear, check_against_nfn, num_parameters  # noqa: E402
+
+BATCH = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    name: str
+    space: nfn.WeightSpace
+    channels: int
+    depth: int | None = None
+
+
+def mlp_space(depth, width, io, in_size=16, out_size=8):
+    mlp = eqx.nn.MLP(in_size, out_size, width, depth, key=jax.random.key(0))
+    return nfn.weight_space(mlp, io=io)
+
+
+def rnn_space(hidden, in_size=16, out_size=8):
+    params = {
+        "W_ih": np.zeros((hidden, in_size), np.float32),
+        "W_hh": np.zeros((hidden, hidden), np.float32),
+        "b": np.zeros((hidden,), np.float32),
+        "readout": np.zeros((out_size, hidden), np.float32),
+    }
+    spec = {"W_ih": (0, None), "W_hh": (0, 0), "b": (0,), "readout": (None, 0)}
+    return nfn.WeightSpace.from_spec(params, spec)
+
+
+def transformer_space(residual, heads=4, d_head=16, mlp=128, *, residual_permuted):
+    head, qk, vo, hidden = 0, 1, 2, 3
+    r = 4 if residual_permuted else None
+    z = lambda *shape: np.zeros(shape, np.float32)  # noqa: E731
+    params = {
+        "ln1": z(residual),
+        "W_q": z(heads, d_head, residual),
+        "W_k": z(heads, d_head, residual),
+        "W_v": z(heads, d_head, residual),
+        "W_o": z(residual, heads, d_head),
+        "ln2": z(residual),
+        "W_1": z(mlp, residual),
+        "b_1": z(mlp),
+        "W_2": z(residual, mlp),
+        "b_2": z(residual),
+    }
+    spec = {
+        "ln1": (r,),
+        "W_q": (head, qk, r),
+        "W_k": (head, qk, r),
+        "W_v": (head, vo, r),
+        "W_o": (r, head, vo),
+        "ln2": (r,),
+        "W_1": (hidden, r),
+        "b_1": (hidden,),
+        "W_2": (r, hidden),
+        "b_2": (r,),
+    }
+    return nfn.WeightSpace.from_spec(params, spec)
+
+
+def configs(quick):
+    out = []
+    depths = (2, 4) if quick else (2, 4, 8, 12, 16)
+    for io, tag in (("permuted", "NP"), ("fixed", "fixed-IO")):
+        for d in depths:
+            out.append(Config(f"MLP {tag} d={d} w=64 C=16", mlp_space(d, 64, io), 16, d))
+    if not quick:
+        out.append(Config("MLP NP d=2 w=256 C=8", mlp_space(2, 256, "permuted"), 8, 2))
+        out.append(Config("MLP NP d=8 w=32 C=32", mlp_space(8, 32, "permuted"), 32, 8))
+    out.append(Config("RNN h=64 C=16", rnn_space(64), 16))
+    block = dict(heads=4, d_head=8, mlp=64)
+    out.append(
+        Config("Transf. r=32 perm C=16", transformer_space(32, **block, residual_permuted=True), 16)
+    )
+    out.append(
+        Config("Transf. r=32 fixed C=8", transformer_space(32, **block, residual_permuted=False), 8)
+    )
+    return out
+
+
+def features(space, channels, key):
+    return space.unflatten(
+        [
+            jax.random.normal(jax.random.fold_in(key, n), (BATCH, *leaf.shape, channels))
+            for n, leaf in enumerate(space.leaves)
+        ]
+    )
+
+
+def measure(layer, feats, repeats):
+    """(compile seconds, median fwd+bwd ms, forward output) for a batch of features."""
+
+    def loss(model, x):
+        out = jax.vmap(lambda f: model(f))(x)
+        return sum(jnp.sum(y**2) for y in jax.tree_util.tree_leaves(out))
+
+    params, static = eqx.partition(layer, eqx.is_array)
+
+    def step(params, x):
+        return jax.value_and_grad(lambda p, x: loss(eqx.combine(p, static), x), argnums=(0, 1))(
+            params, x
+        )
+
+    start = time.perf_counter()
+    compiled = jax.jit(step).lower(params, feats).compile()
+    compile_s = time.perf_counter() - start
+    for _ in range(2):
+        jax.block_until_ready(compiled(params, feats))
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(compiled(params, feats))
+        times.append(time.perf_counter() - t)
+    forward = jax.jit(jax.vmap(lambda f: layer(f)))(feats)
+    return compile_s, 1e3 * statistics.median(times), forward
+
+
+def max_rel_diff(a, b):
+    return max(
+        float(jnp.max(jnp.abs(x - y)) / (jnp.max(jnp.abs(x)) + 1e-12))
+        for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))
+    )
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a small subset (sanity check)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--naive-max-depth", type=int, default=8, help="run the naive layer up to this MLP depth"
+    )
+    parser.add_argument(
+        "--naive-timeout",
+        type=float,
+        default=120.0,
+        help="skip the naive layer for larger spaces of a family once its compile took longer",
+    )
+    args = parser.parse_args()
+    jax.config.update("jax_enable_compilation_cache", False)
+
+    print(f"machine: {platform.platform()} | {platform.processor() or platform.machine()}")
+    print(f"uname: {' '.join(platform.uname())}")
+    print(f"cpus: {os.cpu_count()}  devices: {jax.devices()}")
+    print(
+        f"jax {jax.__version__}  jaxlib {jaxlib.__version__}  equinox {eqx.__version__}  "
+        f"numpy {np.__version__}  python {platform.python_version()}"
+    )
+    print(f"batch {BATCH} networks (vmap), float32, median of {args.repeats} runs after warm-up")
+    print(
+        f"naive: MLPs up to depth {args.naive_max_depth}; skipped for larger spaces of a family "
+        f"once a naive compile took > {args.naive_timeout:.0f} s"
+    )
+
+    key = jax.random.key(0)
+    print("\ncorrectness of the naive baseline (same parameters as nfn, tiny spaces, jit):")
+    small = {
+        "RNN h=3 (tie)": rnn_space(3, 2, 2),
+        "MLP NP d=2 w=4": mlp_space(2, 4, "permuted", 3, 2),
+        "MLP fixed-IO d=2 w=4": mlp_space(2, 4, "fixed", 3, 2),
+        "Transformer r=4 perm": transformer_space(4, 2, 3, 5, residual_permuted=True),
+    }
+    for name, space in small.items():
+        err, equi = check_against_nfn(space, key=key)
+        print(
+            f"  {name:24s} terms {nfn.count_equivariant_terms(space):4d}  "
+            f"max rel |nfn - naive| {err:.1e}  naive equivariance error {equi:.1e}"
+        )
+
+    header = (
+        f"\n{'config':28s} {'leaves':>6s} {'terms':>6s} {'params':>9s} | "
+        f"{'nfn comp s':>10s} {'nfn ms':>8s} | {'naive comp s':>12s} {'naive ms':>9s} | "
+        f"{'comp x':>7s} {'run x':>6s} {'rel diff':>8s}"
+    )
+    print(header)
+    print("-" * (len(header) - 1))
+    skip_family: dict[str, float] = {}
+    rows = []
+    for config in configs(args.quick):
+        space, channels = config.space, config.channels
+        layer = nfn.EquivariantLinear(space, channels, channels, key=key)
+        feats = features(space, channels, jax.random.fold_in(key, 1))
+        terms = nfn.count_equivariant_terms(space)
+        comp, ms, out = measure(layer, feats, args.repeats)
+        family = config.name.split(" d=")[0] if config.depth is not None else config.name
+        line = (
+            f"{config.name:28s} {len(space.leaves):6d} {terms:6d} {num_parameters(layer):9d} | "
+            f"{comp:10.2f} {ms:8.2f} | "
+        )
+        skip = None
+        if config.depth is not None and config.depth > args.naive_max_depth:
+            skip = f"skipped (depth > {args.naive_max_depth})"
+        elif family in skip_family:
+            skip = f"skipped (compile {skip_family[family]:.0f}s > timeout)"
+        if skip is None:
+            naive = NaiveEquivariantLinear.from_nfn(layer)
+            assert naive.num_terms == terms
+            ncomp, nms, nout = measure(naive, feats, args.repeats)
+            diff = max_rel_diff(out, nout)
+            if ncomp > args.naive_timeout and config.depth is not None:
+                skip_family[family] = ncomp
+            line += f"{ncomp:12.2f} {nms:9.2f} | {ncomp / comp:6.1f}x {nms / ms:5.1f}x {diff:8.1e}"
+            rows.append((config, comp, ms, ncomp, nms))
+        else:
+            line += f"{skip}"
+            rows.append((config, comp, ms, None, None))
+        print(line, flush=True)
+
+    print("\nnfn compile time per leaf (MLP depth sweeps, width 64):")
+    for tag in ("NP", "fixed-IO"):
+        pts = [
+            (len(c.space.leaves), comp)
+            for c, comp, *_ in rows
+            if c.name.startswith(f"MLP {tag} d=") and "w=64" in c.name
+        ]
+        if len(pts) >= 2:
+            x, y = np.array(pts, float).T
+            slope, intercept = np.polyfit(x, y, 1)
+            per_leaf = ", ".join(f"{int(a)}: {b / a * 1e3:.0f} ms" for a, b in pts)
+            print(
+                f"  {tag:8s} leaves -> compile s/leaf: {per_leaf}; linear fit "
+                f"{intercept:.2f} s + {slope * 1e3:.0f} ms/leaf"
+            )
+
+
+if __name__ == "__main__":
+    main()
