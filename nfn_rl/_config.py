@@ -16,9 +16,14 @@ SCHEDULES = ("constant", "exponential")
 class EPVFConfig:
     """Hyperparameters of an EPVF run; the defaults solve Cartpole within a minute on 2 CPU cores.
 
-    They follow Faccio et al.'s public Cartpole settings (one environment, batch 16, FIFO buffer
-    1e5, K = L = 10 Adam steps with learning rates 1e-3, Gaussian perturbations with sigma 1,
-    critic MLP (64, 64)) except where a field's comment says otherwise.
+    They follow Faccio et al.'s public Cartpole settings (batch 16, FIFO buffer 1e5, K = L = 10 Adam
+    steps with learning rates 1e-3, Gaussian perturbations, policy and critic MLPs (64, 64)) with
+    two changes that make Cartpole solve in far fewer iterations: 16 environments instead of one
+    (the paper's Figure 1: more perturbations per iteration learn faster, and on a CPU an
+    iteration's time is mostly the critic and policy steps, which do not grow with them) and
+    perturbation scale 0.3 instead of 1.0 (measured: 1.0 had not solved after 300 iterations with
+    8 environments; 0.3 solved both tried seeds within 150 iterations with 16). Faccio also
+    normalises observations with running statistics; Cartpole's are of order one and are used raw.
 
     Attributes:
         env: environment name (`nfn_rl.make_env`).
@@ -52,7 +57,7 @@ class EPVFConfig:
 
     env: str = "cartpole"
     horizon: int | None = None
-    num_envs: int = 1
+    num_envs: int = 16
     batch_size: int = 16
     buffer_size: int = 100_000
     critic_steps: int = 10
@@ -63,7 +68,7 @@ class EPVFConfig:
     # `str`, not `Literal`: a bad value then reaches `__post_init__`, whose error names the choices.
     policy_lr_schedule: str = "constant"
     noise: str = "gaussian"
-    noise_scale: float = 1.0
+    noise_scale: float = 0.3
     perturbation_clip: float | None = None
     weight_clip: float | None = None
     weight_decay: float = 0.0
@@ -71,12 +76,12 @@ class EPVFConfig:
     policy_hidden: tuple[int, ...] = (64, 64)
     critic: str = "flat"
     critic_hidden: tuple[int, ...] = (64, 64)
-    iterations: int = 1000
+    iterations: int = 200
     seed: int = 0
     eval_interval: int = 10
     eval_episodes: int = 10
-    log_interval: int = 50
-    checkpoint_interval: int = 500
+    log_interval: int = 25
+    checkpoint_interval: int = 100
 
     def __post_init__(self):
         # Tuples keep the config hashable (it is static under jit) whatever sequence was given.

@@ -28,19 +28,28 @@ def append_metrics(path: Path, rows: list[dict], *, fresh: bool = False) -> None
         writer.writerows(rows)
 
 
-def read_metrics(path: Path) -> list[dict]:
-    """The rows of a `metrics.csv`, with integer and float columns parsed."""
+def read_metrics(path: Path, *, drop_incomplete: bool = False) -> list[dict]:
+    """The rows of a `metrics.csv`, with integer and float columns parsed.
+
+    With `drop_incomplete`, rows that do not parse (a write cut short by a kill) are left out
+    instead of raising.
+    """
     if not path.is_file():
         return []
+    rows = []
     with path.open(newline="") as f:
-        return [
-            {k: int(v) if k in _INT_COLUMNS else float(v) for k, v in row.items()}
-            for row in csv.DictReader(f)
-        ]
+        for row in csv.DictReader(f):
+            try:
+                rows.append({k: int(v) if k in _INT_COLUMNS else float(v) for k, v in row.items()})
+            except (TypeError, ValueError):
+                if not drop_incomplete:
+                    raise
+    return rows
 
 
 def plot_returns(rows: list[dict], path: Path) -> None:
     """Returns against environment steps and against wall-clock time, saved to `path`."""
+    # Imported here: matplotlib takes a second to import and only the end of a run needs it.
     import matplotlib
 
     matplotlib.use("Agg")

@@ -57,10 +57,10 @@ def policy_lr_at(config: EPVFConfig, iteration: Int[Array, ""] | int) -> Float[A
 
 
 def _policy_optimizer(config: EPVFConfig) -> optax.GradientTransformation:
-    steps = max(config.policy_steps, 1)
-    return optax.adamw(
-        learning_rate=lambda count: policy_lr_at(config, count // steps),
-        weight_decay=config.weight_decay,
+    # The learning rate is a hyperparameter set from the iteration number before each iteration's
+    # policy steps, so that skipped (non-finite) steps cannot shift the schedule.
+    return optax.inject_hyperparams(optax.adamw)(
+        learning_rate=config.policy_lr, weight_decay=config.weight_decay
     )
 
 
@@ -79,8 +79,8 @@ def _select(ok: Bool[Array, ""], new: PyTree, old: PyTree) -> PyTree:
 class EPVFTrainer(eqx.Module):
     """The pure pieces of EPVF training for one config and environment (build with `make_train`).
 
-    Holds no arrays: two trainers built from equal configs and environments compare equal, so
-    jitted calls on them share one compilation.
+    Its static parts are hashable metadata only: two trainers built from equal configs and
+    environments hit the same cache entry of `run_chunk` and compile once.
     """
 
     config: EPVFConfig = eqx.field(static=True)
@@ -197,6 +197,11 @@ class EPVFTrainer(eqx.Module):
         Returns the new state and the number of steps skipped for non-finite gradients.
         """
         optimizer = _policy_optimizer(self.config)
+        opt_state = state.policy_opt_state
+        hyperparams = opt_state.hyperparams | {
+            "learning_rate": policy_lr_at(self.config, state.iteration)
+        }
+        opt_state = opt_state._replace(hyperparams=hyperparams)
 
         def loss_fn(policy):
             # A sum, not a mean: each trained policy ascends its own value.
@@ -211,7 +216,7 @@ class EPVFTrainer(eqx.Module):
             return _select(ok, new, carry), ok
 
         (policy, opt_state), ok = jax.lax.scan(
-            step, (state.policy, state.policy_opt_state), None, length=self.config.policy_steps
+            step, (state.policy, opt_state), None, length=self.config.policy_steps
         )
         clip = self.config.weight_clip
         if clip is not None:
@@ -349,7 +354,8 @@ def train(
         state, header = load_checkpoint(checkpoint, trainer)
         env_steps, wall_offset = header["env_steps"], header["wall_s"]
         # Rows written after the checkpoint belong to the lost part of the run.
-        rows = [r for r in read_metrics(metrics_path) if r["iteration"] < header["iteration"]]
+        rows = read_metrics(metrics_path, drop_incomplete=True)
+        rows = [r for r in rows if r["iteration"] < header["iteration"]]
         append_metrics(metrics_path, rows, fresh=True)
     else:
         state, env_steps, wall_offset = trainer.init(), 0, 0.0
