@@ -272,13 +272,22 @@ def make_train(config: EPVFConfig, env: Environment | None = None) -> EPVFTraine
     """The trainer for `config`, on `env` or else on `make_env(config.env, config.horizon)`."""
     if env is None:
         env = make_env(config.env, config.horizon)
-    example = make_policy(env, config.policy_hidden, key=jax.random.key(0))
-    critic = make_critic(config.critic, example, key=jax.random.key(0), hidden=config.critic_hidden)
+
+    def build(key):
+        policy = make_policy(env, config.policy_hidden, key=key)
+        return policy, make_critic(config.critic, policy, key=key, hidden=config.critic_hidden)
+
+    # Only the structure is needed here; shapes alone avoid compiling the initialisers.
+    policy, critic = eqx.filter_eval_shape(build, jax.random.key(0))
+
+    def is_shape(x):
+        return isinstance(x, jax.ShapeDtypeStruct)
+
     return EPVFTrainer(
         config=config,
         env=env,
-        policy_static=eqx.filter(example, eqx.is_array, inverse=True),
-        critic_static=eqx.filter(critic, eqx.is_array, inverse=True),
+        policy_static=eqx.filter(policy, is_shape, inverse=True),
+        critic_static=eqx.filter(critic, is_shape, inverse=True),
         # Slots past the total number of rollouts would never be filled: not allocating them
         # keeps memory and checkpoints small without changing what is sampled.
         buffer_capacity=min(config.buffer_size, config.iterations * config.num_envs),

@@ -329,15 +329,7 @@ def _same(rows_a, rows_b):
             assert a[k] == b[k] or (math.isnan(a[k]) and math.isnan(b[k])), (k, a, b)
 
 
-@pytest.fixture(scope="module")
-def small_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("small_run")
-    trainer, state = nfn_rl.train(SMALL, out_dir=out, progress=False)
-    return out, trainer, state
-
-
-def test_run_directory(small_run):
-    out, trainer, state = small_run
+def _check_run_directory(out, state):
     assert nfn_rl.EPVFConfig.from_json((out / "config.json").read_text()) == SMALL
     rows = read_metrics(out / "metrics.csv")
     assert [r["iteration"] for r in rows] == list(range(SMALL.iterations))
@@ -354,16 +346,12 @@ def test_run_directory(small_run):
         header = json.loads(f.readline())
     assert header["iteration"] == SMALL.iterations
     assert header["env_steps"] == rows[-1]["env_steps"]
-    assert header["config"] == dataclasses.asdict(SMALL) | {
-        "policy_hidden": list(SMALL.policy_hidden),
-        "critic_hidden": list(SMALL.critic_hidden),
-    }
+    assert nfn_rl.EPVFConfig.from_dict(header["config"]) == SMALL
     assert int(state.iteration) == SMALL.iterations
     assert int(state.buffer.size) == SMALL.iterations * SMALL.num_envs
 
 
-def test_learning_improves_eval_return(small_run):
-    out, trainer, state = small_run
+def _check_learning(out):
     evals = [r["eval_return"] for r in read_metrics(out / "metrics.csv")]
     evals = [e for e in evals if not math.isnan(e)]
     # The initial policies balance for ~10 steps (horizon 200). Over 8 seeds of this config, 7
@@ -372,49 +360,48 @@ def test_learning_improves_eval_return(small_run):
     assert max(evals[-3:]) >= max(40, 3 * evals[0]), evals
 
 
-def test_same_seed_same_metrics(small_run, tmp_path):
-    out, _, state = small_run
-    _, again = nfn_rl.train(SMALL, out_dir=tmp_path, progress=False)
-    _same(read_metrics(out / "metrics.csv"), read_metrics(tmp_path / "metrics.csv"))
-    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(again), strict=True):
-        np.testing.assert_array_equal(a, b)
-
-
 class _Interrupted(Exception):
     pass
 
 
-def test_resume_reproduces_uninterrupted_run(small_run, tmp_path):
-    out, _, state = small_run
+def test_training_run_determinism_and_resume(tmp_path):
+    """One test, so that the training chunk is compiled once even under pytest-xdist.
+
+    Run B is killed right after its first checkpoint and resumed. Its first half ran from scratch
+    with the same seed as run A (determinism), its second half from the checkpoint (resume); all
+    its metrics but wall_s and its final state must equal A's.
+    """
+    out_a, out_b = tmp_path / "a", tmp_path / "b"
+    _, state_a = nfn_rl.train(SMALL, out_dir=out_a, progress=False)
+    _check_run_directory(out_a, state_a)
+    _check_learning(out_a)
 
     def kill_after_checkpoint(iteration):
         if iteration == SMALL.checkpoint_interval:
             raise _Interrupted
 
     with pytest.raises(_Interrupted):
-        nfn_rl.train(SMALL, out_dir=tmp_path, progress=False, on_chunk=kill_after_checkpoint)
-    rows = read_metrics(tmp_path / "metrics.csv")
-    assert len(rows) == SMALL.checkpoint_interval
+        nfn_rl.train(SMALL, out_dir=out_b, progress=False, on_chunk=kill_after_checkpoint)
+    rows_a = read_metrics(out_a / "metrics.csv")
+    rows_b = read_metrics(out_b / "metrics.csv")
+    assert len(rows_b) == SMALL.checkpoint_interval
+    _same(rows_a[: len(rows_b)], rows_b)
     # A row past the checkpoint and a half-written one, as a kill in the next chunk would leave.
-    with (tmp_path / "metrics.csv").open("a") as f:
+    with (out_b / "metrics.csv").open("a") as f:
         f.write("30,1,1.0,1.0,1.0,nan,1.0,0.001,0,0\n31,2,1.0,")
-    _, resumed = nfn_rl.train(SMALL, out_dir=tmp_path, resume=True, progress=False)
-    _same(read_metrics(out / "metrics.csv"), read_metrics(tmp_path / "metrics.csv"))
-    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(resumed), strict=True):
+    _, state_b = nfn_rl.train(SMALL, out_dir=out_b, resume=True, progress=False)
+    _same(rows_a, read_metrics(out_b / "metrics.csv"))
+    for a, b in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b), strict=True):
         np.testing.assert_array_equal(a, b)
 
-
-def test_resume_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match=str(tmp_path / "checkpoint.eqx")):
-        nfn_rl.train(SMALL, out_dir=tmp_path, resume=True, progress=False)
-
-
-def test_resume_rejects_other_config(small_run, tmp_path):
-    out, _, _ = small_run
-    (tmp_path / "checkpoint.eqx").write_bytes((out / "checkpoint.eqx").read_bytes())
     other = dataclasses.replace(SMALL, noise_scale=0.5)
     with pytest.raises(ValueError, match="noise_scale"):
-        nfn_rl.train(other, out_dir=tmp_path, resume=True, progress=False)
+        nfn_rl.train(other, out_dir=out_b, resume=True, progress=False)
+
+
+def test_resume_without_checkpoint_names_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "checkpoint.eqx")):
+        nfn_rl.train(SMALL, out_dir=tmp_path, resume=True, progress=False)
 
 
 # --- non-finite values -----------------------------------------------------------------------
