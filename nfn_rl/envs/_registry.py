@@ -2,6 +2,7 @@
 
 from collections.abc import Callable
 
+from nfn_rl.envs._ant import Ant
 from nfn_rl.envs._cartpole import Cartpole
 from nfn_rl.envs._protocol import Environment
 
@@ -12,7 +13,15 @@ def _cartpole(horizon: int | None) -> Environment:
     return Cartpole() if horizon is None else Cartpole(horizon=horizon)
 
 
-_ENVS: dict[str, EnvFactory] = {"cartpole": _cartpole}
+def _ant(horizon: int | None) -> Environment:
+    return Ant() if horizon is None else Ant(horizon=horizon)
+
+
+def _ant_torque(horizon: int | None) -> Environment:
+    return Ant("torque") if horizon is None else Ant("torque", horizon=horizon)
+
+
+_ENVS: dict[str, EnvFactory] = {"cartpole": _cartpole, "ant": _ant, "ant-torque": _ant_torque}
 
 
 def register_env(name: str, factory: EnvFactory) -> None:
