@@ -1,6 +1,7 @@
 """Permutation-equivariant linear maps between weight spaces (Universal Neural Functionals)."""
 
 import dataclasses
+import functools
 import math
 
 import equinox as eqx
@@ -92,6 +93,43 @@ def _matchings_by_id(out_block_ids: list[int], in_block_ids: list[int]):
     for options in per_id:
         combos = [c + m for c in combos for m in options]
     return combos
+
+
+@dataclasses.dataclass(frozen=True)
+class _InputGroup:
+    """Coupled terms that reduce one input leaf the same way (same diagonal, same pooled blocks).
+
+    `in_subscripts`/`kept_subscripts` name the reduction with canonical letters; `orders[m]`
+    permutes the kept axes into member `m`'s `out_subscripts` order.
+    """
+
+    in_leaf: int
+    in_subscripts: str
+    kept_subscripts: str
+    members: tuple[int, ...]
+    orders: tuple[tuple[int, ...], ...]
+
+
+@functools.cache
+def _input_groups(terms: tuple[CoupledTerm, ...]) -> tuple[_InputGroup, ...]:
+    groups: dict[tuple, tuple[list[int], list[tuple[int, ...]]]] = {}
+    for k, term in enumerate(terms):
+        names: dict[str, str] = {}
+        for c in term.in_subscripts:
+            names.setdefault(c, LETTERS[len(names)])
+        in_subscripts = "".join(names[c] for c in term.in_subscripts)
+        kept = set(term.out_subscripts)
+        kept_subscripts = "".join(dict.fromkeys(names[c] for c in term.in_subscripts if c in kept))
+        order = tuple(kept_subscripts.index(names[c]) for c in term.out_subscripts)
+        members, orders = groups.setdefault(
+            (term.in_leaf, in_subscripts, kept_subscripts), ([], [])
+        )
+        members.append(k)
+        orders.append(order)
+    return tuple(
+        _InputGroup(in_leaf, in_sub, kept_sub, tuple(members), tuple(orders))
+        for (in_leaf, in_sub, kept_sub), (members, orders) in groups.items()
+    )
 
 
 def _check_shared_sizes(space: WeightSpace, out_space: WeightSpace) -> None:
@@ -221,16 +259,28 @@ class EquivariantLinear(eqx.Module):
                 per_partition.append(chunk.reshape((1,) * len(partition) + (width,)))
                 offset += width
             accumulators.append(per_partition)
-        for term, weight in zip(self.terms, self.coupled_weights):
-            mixed = jnp.einsum(
-                f"{term.in_subscripts}y,yz->{term.out_subscripts}z", folded[term.in_leaf], weight
+        for group in _input_groups(self.terms):
+            # Terms that read the same diagonal of one input leaf and pool the same blocks share
+            # that reduction and one matmul against their concatenated channel matrices.
+            first = self.terms[group.members[0]]
+            reduced = first.scale * jnp.einsum(
+                f"{group.in_subscripts}y->{group.kept_subscripts}y", folded[group.in_leaf]
             )
-            kept_sizes = iter(mixed.shape[:-1])
-            shape = tuple(next(kept_sizes) if kept else 1 for kept in term.kept)
-            acc = accumulators[term.out_leaf]
-            acc[term.out_partition] = acc[term.out_partition] + term.scale * mixed.reshape(
-                (*shape, mixed.shape[-1])
-            )
+            weights = [self.coupled_weights[k] for k in group.members]
+            mixed_all = reduced @ (weights[0] if len(weights) == 1 else jnp.concatenate(weights, 1))
+            start = 0
+            for k, order, weight in zip(group.members, group.orders, weights):
+                term = self.terms[k]
+                mixed = mixed_all[..., start : start + weight.shape[1]]
+                start += weight.shape[1]
+                if order != tuple(range(len(order))):
+                    mixed = jnp.transpose(mixed, (*order, len(order)))
+                kept_sizes = iter(mixed.shape[:-1])
+                shape = tuple(next(kept_sizes) if kept else 1 for kept in term.kept)
+                acc = accumulators[term.out_leaf]
+                acc[term.out_partition] = acc[term.out_partition] + mixed.reshape(
+                    (*shape, mixed.shape[-1])
+                )
 
         outputs = []
         for leaf, per_partition in zip(self.out_space, accumulators):
