@@ -46,6 +46,13 @@ def _walk(module: Any, builder: "_ChainBuilder", path: str) -> None:
     if isinstance(module, eqx.nn.Linear):
         builder.linear_like(module.weight, module.bias, extra_dims=0, bias_dims=0)
     elif isinstance(module, eqx.nn.Conv):
+        if module.groups != 1:
+            # Channels of a grouped conv may only be permuted within their group (or groups as
+            # blocks): not one permutation per axis.
+            raise ValueError(
+                f"nfn.weight_space cannot derive the symmetry of a grouped convolution "
+                f"(groups={module.groups}) at {path}; {_HOW_TO}"
+            )
         spatial = module.weight.ndim - 2
         bias_dims = 0 if module.bias is None else module.bias.ndim - 1
         builder.linear_like(module.weight, module.bias, extra_dims=spatial, bias_dims=bias_dims)

@@ -280,3 +280,28 @@ def test_feature_conversion_errors():
         nfn.stack([{"a": jnp.zeros(2)}, {"b": jnp.zeros(2)}])
     with pytest.raises(ValueError):
         nfn.unstack({"a": jnp.zeros((2, 1)), "b": jnp.zeros((3, 1))})
+
+
+def test_grouped_conv_channels_are_not_a_free_symmetry():
+    """Why weight_space rejects grouped convs: permuting their output channels across groups
+    like ordinary hidden neurons changes the function."""
+    k = jax.random.split(jax.random.key(7), 2)
+    model = eqx.nn.Sequential(
+        [
+            eqx.nn.Conv1d(2, 4, 1, groups=2, key=k[0]),
+            eqx.nn.Lambda(jax.nn.relu),
+            eqx.nn.Conv1d(4, 2, 1, key=k[1]),
+        ]
+    )
+    params = eqx.filter(model, eqx.is_array)
+    spec = jax.tree.map(lambda v: (None,) * v.ndim, params)
+    spec = eqx.tree_at(
+        lambda s: (s.layers[0].weight, s.layers[0].bias, s.layers[2].weight),
+        spec,
+        ((0, None, None), (0, None), (None, 0, None)),
+    )
+    naive = nfn.WeightSpace.from_spec(params, spec)
+    x = host_normal(8, (3, 2, 5))
+    # Swapping channels within a group would be fine; across groups (0 <-> 2) it is not.
+    perm = {0: jnp.asarray([2, 1, 0, 3])}
+    assert_clearly_different(*_original_and_permuted(model, naive, perm, x))

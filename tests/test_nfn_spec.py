@@ -331,3 +331,17 @@ def test_unsupported_module_mentions_from_spec():
 def test_bad_io_value(io):
     with pytest.raises((ValueError, TypeError), match="io|fixed"):
         nfn.weight_space(eqx.nn.Linear(2, 3, key=KEY), io=io)
+
+
+def test_grouped_conv_is_rejected():
+    """Channels of a grouped conv are not freely permutable (see test_nfn_action)."""
+    model = eqx.nn.Sequential(
+        [
+            eqx.nn.Conv1d(2, 4, 1, groups=2, key=KEY),
+            eqx.nn.Lambda(jax.nn.relu),
+            eqx.nn.Conv1d(4, 2, 1, key=KEY),
+        ]
+    )
+    for io in ("fixed", "permuted"):
+        with raises_naming("groups=2", "layers[0]", "WeightSpace.from_spec"):
+            nfn.weight_space(model, io=io)
