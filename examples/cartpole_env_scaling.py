@@ -34,6 +34,8 @@ class Args:
         num_envs: the environment counts to compare.
         seeds: seeds per environment count (trained in one vmapped batch).
         env_steps: environment steps per seed.
+        max_iterations: stop a setting after this many iterations even short of `env_steps`
+            (bounds the time of the one-environment setting while its episodes are short).
         smoothing: iterations in the moving average of each seed's curve.
         config: every other hyperparameter (num_envs, iterations and seed are set here).
         out: output folder for the figure and the raw curves.
@@ -41,7 +43,8 @@ class Args:
 
     num_envs: tuple[int, ...] = (1, 2, 4, 8, 16)
     seeds: int = 3
-    env_steps: int = 150_000
+    env_steps: int = 100_000
+    max_iterations: int = 800
     smoothing: int = 10
     config: nfn_rl.EPVFConfig = nfn_rl.EPVFConfig()
     out: Path = Path("runs/cartpole_env_scaling")
@@ -53,6 +56,7 @@ def run_setting(args: Args, num_envs: int) -> list[tuple[np.ndarray, np.ndarray]
     # the policy learning rate schedule are sized by this bound.
     log_interval = args.config.log_interval
     bound = -(-args.env_steps // (8 * num_envs * log_interval)) * log_interval
+    bound = min(bound, -(-args.max_iterations // log_interval) * log_interval)
     configs = [
         dataclasses.replace(args.config, num_envs=num_envs, iterations=bound, seed=seed)
         for seed in range(args.seeds)

@@ -443,15 +443,23 @@ class NaNRewardCartpole(Environment):
 
 
 def test_nonfinite_returns_never_enter_buffer_or_params(tmp_path):
+    # Also the paper's Ant recipe and its ablation switches, which need a compilation of their own
+    # anyway: scaled uniform noise, clipped perturbations and weights, weight decay, an
+    # exponential learning rate schedule and several independently trained policies.
     config = dataclasses.replace(
         SMALL,
         iterations=20,
         checkpoint_interval=20,
+        noise="uniform_scaled",
+        perturbation_clip=0.05,
+        weight_clip=0.1,
+        weight_decay=1e-2,
         policy_lr_schedule="exponential",
         policy_lr_end=1e-5,
+        multiple_policies=True,
     )
     env = NaNRewardCartpole(Cartpole(horizon=100))
-    _, state = nfn_rl.train(config, env, out_dir=tmp_path, progress=False)
+    trainer, state = nfn_rl.train(config, env, out_dir=tmp_path, progress=False)
     rows = read_metrics(tmp_path / "metrics.csv")
     nonfinite = sum(r["nonfinite_returns"] for r in rows)
     assert 0 < nonfinite < config.iterations * config.num_envs
@@ -465,6 +473,10 @@ def test_nonfinite_returns_never_enter_buffer_or_params(tmp_path):
     np.testing.assert_allclose(rows[-1]["policy_lr"], config.policy_lr_end, rtol=1e-4)
     last_lr = state.policy_opt_state.hyperparams["learning_rate"]
     np.testing.assert_allclose(last_lr, config.policy_lr_end, rtol=1e-4)
+    # One trained policy per environment, all inside the weight clip and all different.
+    flats = np.stack([nfn_rl.flat_params(trainer.policy(state, i)) for i in range(8)])
+    assert np.abs(flats).max() <= 0.1
+    assert len({row.tobytes() for row in flats}) == 8
 
 
 def test_nonfinite_updates_are_skipped():
