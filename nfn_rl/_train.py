@@ -348,10 +348,18 @@ def train(
 ) -> tuple[EPVFTrainer, TrainState]:
     """Run EPVF training and record it in `out_dir`.
 
-    Writes `config.json`, `metrics.csv` (one row per iteration), `checkpoint.eqx` (every
-    `checkpoint_interval` iterations and at the end) and `returns.png`. With `resume=True` the
-    run continues from `out_dir/checkpoint.eqx` and reproduces an uninterrupted run's metrics
-    (all but `wall_s`). `on_chunk(iteration)` is called after each chunk's metrics are written.
+    Writes `config.json`, `metrics.csv`, `checkpoint.eqx` (every `checkpoint_interval`
+    iterations and at the end) and `returns.png`. `metrics.csv` has one row per iteration:
+    `env_steps` (cumulative steps of the data-collection episodes, up to their ends),
+    `wall_s` (since the start of the training loop, compilation included, spread evenly within
+    a chunk), `return_mean`/`return_max` over the perturbed policies' finite returns,
+    `eval_return` (the unperturbed policies after this iteration's updates, every
+    `eval_interval` iterations, else NaN), the mean `critic_loss`, `policy_lr`,
+    `nonfinite_returns` (left out of the buffer) and `skipped_updates` (non-finite gradients).
+
+    With `resume=True` the run continues from `out_dir/checkpoint.eqx` and reproduces an
+    uninterrupted run's metrics (all but `wall_s`). `env` replaces the config's environment (pass
+    it again on resume). `on_chunk(iteration)` is called after each chunk's metrics are written.
     Returns the trainer and the final state (`trainer.policy(state)` is the trained policy).
     """
     out = Path(out_dir)
