@@ -57,7 +57,7 @@ def _laws(space, x, p, q):
     }
 
 
-@settings(max_examples=10)
+@settings(max_examples=6)
 @given(weight_spaces(), st.integers(0, 2**30), st.booleans())
 def test_group_action_laws(drawn, seed, with_channels):
     params, spec = drawn
@@ -248,7 +248,7 @@ def _feature_round_trips(params, features):
     return f, nfn.from_features(f), batch
 
 
-@settings(max_examples=8)
+@settings(max_examples=5)
 @given(weight_spaces(), st.integers(0, 2**30), st.integers(1, 3))
 def test_feature_round_trips(drawn, seed, channels):
     params, spec = drawn

@@ -97,7 +97,7 @@ def check_invariant(model, space, x, perm, rel=1e-5):
 # --------------------------------------------------------------------------- random spaces
 
 
-@settings(max_examples=6)
+@settings(max_examples=5)
 @given(weight_spaces(), st.integers(1, 3), st.integers(1, 3), st.integers(0, 2**30))
 def test_equivariant_linear_on_random_spaces(drawn, c_in, c_out, seed):
     params, spec = drawn
@@ -115,7 +115,7 @@ def test_equivariant_linear_on_random_spaces(drawn, c_in, c_out, seed):
     check_equivariant(layer, space, x, host_permutation(space.sizes, seed))
 
 
-@settings(max_examples=6)
+@settings(max_examples=5)
 @given(weight_spaces(), st.integers(1, 3), st.integers(0, 2**30))
 def test_invariant_linear_on_random_spaces(drawn, c_in, seed):
     params, spec = drawn
