@@ -5,7 +5,7 @@ import json
 import math
 from typing import Any
 
-from nfn_rl._critics import critic_names
+from nfn_rl._critic_registry import critic_names
 from nfn_rl._perturb import NOISES
 from nfn_rl.envs import env_names
 

@@ -1,7 +1,7 @@
 """Policy-conditioned value functions V(policy) and a registry of them by name."""
 
 import abc
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import equinox as eqx
 import jax
@@ -46,30 +46,3 @@ class FlatCritic(Critic):
 
     def __call__(self, policy: eqx.Module) -> Float[Array, ""]:
         return self.mlp(flat_params(policy))
-
-
-CriticFactory = Callable[..., Critic]
-"""`factory(policy, *, key, hidden) -> Critic`, the signature `make_critic` calls."""
-
-_CRITICS: dict[str, CriticFactory] = {"flat": FlatCritic}
-
-
-def register_critic(name: str, factory: CriticFactory) -> None:
-    """Make `make_critic(name, policy, key=..., hidden=...)` call `factory` with those arguments."""
-    if name in _CRITICS:
-        raise ValueError(f"critic {name!r} is already registered")
-    _CRITICS[name] = factory
-
-
-def critic_names() -> tuple[str, ...]:
-    """The names `make_critic` knows."""
-    return tuple(sorted(_CRITICS))
-
-
-def make_critic(
-    name: str, policy: eqx.Module, *, key: PRNGKeyArray, hidden: Sequence[int] = (64, 64)
-) -> Critic:
-    """The critic registered as `name`, sized for policies shaped like `policy`."""
-    if name not in _CRITICS:
-        raise ValueError(f"unknown critic {name!r}; known: {', '.join(critic_names())}")
-    return _CRITICS[name](policy, key=key, hidden=tuple(hidden))

@@ -66,6 +66,12 @@ class ProbingCritic(Critic):
         return self.mlp(self._representation(policy, self.probing_states, self.with_params))
 
 
-def probing_plus_params(policy: eqx.Module, hidden: Sequence[int] = (64, 64), **kwargs) -> Critic:
+def probing_plus_params(
+    policy: eqx.Module,
+    hidden: Sequence[int] = (64, 64),
+    *,
+    key: PRNGKeyArray,
+    probing_states: int = 200,
+) -> Critic:
     """The "probing+params" critic: probing actions concatenated with the flat parameters."""
-    return ProbingCritic(policy, hidden, with_params=True, **kwargs)
+    return ProbingCritic(policy, hidden, key=key, probing_states=probing_states, with_params=True)

@@ -60,6 +60,22 @@ class UNFCritic(Critic):
         return self.head(features)
 
 
-def unf_plus_params(policy: eqx.Module, hidden: Sequence[int] = (64, 64), **kwargs) -> Critic:
+def unf_plus_params(
+    policy: eqx.Module,
+    hidden: Sequence[int] = (64, 64),
+    *,
+    key: PRNGKeyArray,
+    unf_channels: int = 16,
+    unf_depth: int = 2,
+    unf_features: int = 64,
+) -> Critic:
     """The "unf+params" critic: UNF invariant features concatenated with the flat parameters."""
-    return UNFCritic(policy, hidden, with_params=True, **kwargs)
+    return UNFCritic(
+        policy,
+        hidden,
+        key=key,
+        unf_channels=unf_channels,
+        unf_depth=unf_depth,
+        unf_features=unf_features,
+        with_params=True,
+    )

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from nfn_rl._buffer import ReplayBuffer, make_buffer
 from nfn_rl._config import EPVFConfig
-from nfn_rl._critics import make_critic
+from nfn_rl._critic_registry import make_critic
 from nfn_rl._perturb import perturb_population
 from nfn_rl._policy import make_policy
 from nfn_rl._report import METRIC_COLUMNS, append_metrics, plot_returns, read_metrics
