@@ -3,7 +3,7 @@
 For each number of environments, several seeds train side by side (the whole iteration is
 vmapped over seeds) until every seed has taken `--env-steps` environment steps. The plot shows the
 mean return of the perturbed policies used for data collection (the paper's metric) against
-environment steps: mean over seeds with a min-max band.
+environment steps and against iterations: mean over seeds with a min-max band.
 
     python examples/cartpole_env_scaling.py --out runs/cartpole_env_scaling
 """
@@ -86,27 +86,37 @@ def smooth(x: np.ndarray, window: int) -> np.ndarray:
 def main(args: Args) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     grid = np.linspace(0, args.env_steps, 200)
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, (by_steps, by_iterations) = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     raw = {}
     for num_envs in args.num_envs:
         start = time.perf_counter()
         curves = run_setting(args, num_envs)
         raw[num_envs] = [(s.tolist(), r.tolist()) for s, r in curves]
-        on_grid = np.stack([np.interp(grid, s, smooth(r, args.smoothing)) for s, r in curves])
-        (line,) = ax.plot(grid, on_grid.mean(axis=0), label=f"{num_envs} env(s)")
-        ax.fill_between(
-            grid, on_grid.min(axis=0), on_grid.max(axis=0), alpha=0.2, lw=0, color=line.get_color()
+        smoothed = np.stack([smooth(r, args.smoothing) for _, r in curves])
+        # Curves end where the slowest seed stopped; np.interp would extend them flat.
+        x = grid[grid <= min(s[-1] for s, _ in curves)]
+        on_grid = np.stack([np.interp(x, s, r) for (s, _), r in zip(curves, smoothed, strict=True)])
+        (line,) = by_steps.plot(x, on_grid.mean(axis=0), label=f"{num_envs} env(s)")
+        color = line.get_color()
+        by_steps.fill_between(x, on_grid.min(0), on_grid.max(0), alpha=0.2, lw=0, color=color)
+        iterations = np.arange(1, smoothed.shape[1] + 1)
+        by_iterations.plot(iterations, smoothed.mean(0), color=color)
+        by_iterations.fill_between(
+            iterations, smoothed.min(0), smoothed.max(0), alpha=0.2, lw=0, color=color
         )
         print(
-            f"{num_envs:2d} envs: {time.perf_counter() - start:.0f} s, final return "
-            f"{on_grid[:, -1].mean():.0f} (mean over {args.seeds} seeds)",
+            f"{num_envs:2d} envs: {time.perf_counter() - start:.0f} s, {iterations[-1]} iterations,"
+            f" final return {smoothed[:, -1].mean():.0f} (mean over {args.seeds} seeds)",
             flush=True,
         )
-    ax.set_xlabel("environment steps")
-    ax.set_ylabel("return of the perturbed policies")
-    ax.set_title(f"EPVF on Cartpole, {args.seeds} seeds (mean, min-max)")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    by_steps.set_xlabel("environment steps")
+    by_iterations.set_xlabel("iterations")
+    by_iterations.set_xscale("log")
+    by_steps.set_ylabel("return of the perturbed policies")
+    fig.suptitle(f"EPVF on Cartpole, {args.seeds} seeds (mean, min-max)")
+    for ax in (by_steps, by_iterations):
+        ax.grid(alpha=0.3)
+    by_steps.legend()
     fig.tight_layout()
     fig.savefig(args.out / "cartpole_env_scaling.png", dpi=150)
     (args.out / "curves.json").write_text(json.dumps({str(k): v for k, v in raw.items()}))
