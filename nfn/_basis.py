@@ -137,9 +137,10 @@ _CHUNK = 1 << 14
 
 
 def normal_arrays(
-    key, shapes: tuple[tuple[int, ...], ...], stds: tuple[float, ...], dtype
+    key, shapes: tuple[tuple[int, ...], ...], stds: tuple[float | np.ndarray, ...], dtype
 ) -> list[Array]:
-    """Independent `N(0, std^2)` arrays of the given shapes.
+    """Independent `N(0, std^2)` arrays of the given shapes (a `std` may be an array that
+    broadcasts against its shape).
 
     Draws fixed-size chunks and slices them on the host: every eager JAX call compiles once per
     shape, and layers have many small parameter arrays of varied shapes, so drawing each
@@ -147,10 +148,12 @@ def normal_arrays(
     """
     total = sum(math.prod(shape) for shape in shapes)
     chunks = [
-        np.asarray(jax.random.normal(jax.random.fold_in(key, k), (_CHUNK,), dtype))
+        jax.random.normal(jax.random.fold_in(key, k), (_CHUNK,), dtype)
         for k in range(-(-total // _CHUNK))
     ]
-    flat = np.concatenate(chunks) if chunks else np.zeros((0,), dtype)
+    # Under a trace (jit, eval_shape) the chunks are tracers: slice them with jnp instead.
+    xp = jnp if any(isinstance(c, jax.core.Tracer) for c in chunks) else np
+    flat = xp.concatenate([xp.asarray(c) for c in chunks]) if chunks else xp.zeros((0,), dtype)
     arrays, offset = [], 0
     for shape, std in zip(shapes, stds):
         size = math.prod(shape)

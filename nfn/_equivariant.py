@@ -218,22 +218,26 @@ class EquivariantLinear(eqx.Module):
         terms_into = [1] * len(out_space.leaves)
         for term in self.terms:
             terms_into[term.out_leaf] += 1
-        shapes, stds = [], []
-        for i, leaf in enumerate(out_space):
-            shapes.append(
-                (self.pooling.width, self.out_partitions[i] * leaf.fixed_size * out_channels)
-            )
-            stds.append(1.0 / math.sqrt(self.pooling.width * terms_into[i]))
+        # The pooled matrix's column block of output leaf i has its own scale.
+        column_stds = np.concatenate(
+            [
+                np.full(
+                    self.out_partitions[i] * leaf.fixed_size * out_channels,
+                    1.0 / math.sqrt(self.pooling.width * terms_into[i]),
+                )
+                for i, leaf in enumerate(out_space)
+            ]
+        )
+        shapes = [(self.pooling.width, column_stds.size)]
+        stds = [column_stds.astype(dtype)]
         for term in self.terms:
             fan_in = space.leaves[term.in_leaf].fixed_size * in_channels
             fan_out = out_space.leaves[term.out_leaf].fixed_size * out_channels
             shapes.append((fan_in, fan_out))
             stds.append(1.0 / math.sqrt(fan_in * terms_into[term.out_leaf]))
-        arrays = normal_arrays(key, tuple(shapes), tuple(stds), dtype)
-        num_out = len(out_space.leaves)
-        self.pooled_weight = jnp.asarray(np.concatenate(arrays[:num_out], axis=1))
+        self.pooled_weight, *coupled = normal_arrays(key, tuple(shapes), tuple(stds), dtype)
         self.bias = zeros((self.pooled_weight.shape[1],), dtype) if use_bias else None
-        self.coupled_weights = tuple(arrays[num_out:])
+        self.coupled_weights = tuple(coupled)
 
     def __call__(self, features: PyTree[Float[Array, "..."]]) -> PyTree[Float[Array, "..."]]:
         """Map features of `space` (channels `in_channels`) to features of `out_space`."""
