@@ -196,7 +196,7 @@ def main():
 
     print(f"machine: {platform.platform()} | {platform.processor() or platform.machine()}")
     print(f"uname: {' '.join(platform.uname())}")
-    print(f"cpus: {os.cpu_count()}  devices: {jax.devices()}")
+    print(f"cpus: {os.cpu_count()}  devices: {jax.devices()}  load average: {os.getloadavg()}")
     print(
         f"jax {jax.__version__}  jaxlib {jaxlib.__version__}  equinox {eqx.__version__}  "
         f"numpy {np.__version__}  python {platform.python_version()}"
@@ -261,6 +261,7 @@ def main():
             rows.append((config, comp, ms, None, None))
         print(line, flush=True)
 
+    print(f"\nload average at the end: {os.getloadavg()} (timings are noisy on a shared machine)")
     print("\nnfn compile time per leaf (MLP depth sweeps, width 64):")
     for tag in ("NP", "fixed-IO"):
         pts = [
