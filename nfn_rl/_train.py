@@ -378,6 +378,9 @@ def train(
         state, env_steps, wall_offset = trainer.init(), 0, 0.0
         append_metrics(metrics_path, [], fresh=True)
     (out / "config.json").write_text(config.to_json() + "\n")
+    # Commit the state to a device: the jitted chunk returns committed arrays, and a first call
+    # on uncommitted ones would be lowered and compiled a second time (~1 min for the MJX Ant).
+    state = jax.device_put(state, jax.devices()[0])
 
     done = int(state.iteration)
     bar = _progress_bar(config.iterations, done, progress)
