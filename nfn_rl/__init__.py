@@ -15,6 +15,10 @@ from nfn_rl._critics_unf import UNFCritic as UNFCritic
 from nfn_rl._perturb import perturb as perturb
 from nfn_rl._perturb import perturb_population as perturb_population
 from nfn_rl._policy import make_policy as make_policy
+from nfn_rl._presets import ABLATIONS as ABLATIONS
+from nfn_rl._presets import PRESETS as PRESETS
+from nfn_rl._presets import RECIPE as RECIPE
+from nfn_rl._presets import ant_config as ant_config
 from nfn_rl._rollout import episode_length_and_return as episode_length_and_return
 from nfn_rl._rollout import episode_return as episode_return
 from nfn_rl._rollout import policy_action as policy_action
