@@ -1,0 +1,87 @@
+"""Paper Figure 2 (top left): EPVF on the MJX Ant with 256 ... 4096 parallel environments, where the
+batch size (and the buffer, the paper's recipe) equals the number of environments.
+
+One `nfn_rl.train` run per (number of environments, seed) goes to OUT/envs<N>/seed<k>/; finished
+runs are skipped and interrupted ones resume, so rerunning a command continues the study. The
+figure, OUT/ant_env_scaling.png, shows the unperturbed policy's return against environment steps
+and wall-clock time (mean over seeds, min-max band).
+
+    python examples/ant_env_scaling.py                                # paper scale, for a GPU
+    python examples/ant_env_scaling.py --preset cpu --num-envs 64 256 # CPU-sized
+    python examples/ant_env_scaling.py --preset smoke --seeds 1 --settings envs256   # a check
+
+Cost: every run takes `iterations x N x horizon` environment steps; the `paper` preset's 4096
+setting is 250 x 4096 x 1000 = 1e9 steps (MJX on 2 CPU cores: ~6,000 steps/s, so a GPU job), the
+`cpu` preset's is 60 x 4096 x 200 = 4.9e7 (about 2 h on 2 CPU cores).
+"""
+
+import dataclasses
+from pathlib import Path
+from typing import Literal
+
+import tyro
+from _study import Metric, Preset, enable_compile_cache, plot_study, run_study, select
+
+import nfn_rl
+
+
+@dataclasses.dataclass(frozen=True)
+class Args:
+    """Figure 2, top left.
+
+    Attributes:
+        preset: "paper" (the paper's scale, GPU), "cpu" (CPU-sized episodes and iterations) or
+            "smoke" (a quick check that everything runs).
+        num_envs: the numbers of environments (= batch = buffer) to compare.
+        seeds: seeds 0 .. seeds-1 per setting.
+        settings: run and plot only these settings (names envs<N>); empty = all.
+        critic: the critic of every run (the paper's default is the MLP on the flat parameters).
+        iterations: iterations per run; None = the preset's.
+        metric: the plotted metric: "eval_return" (unperturbed policy) or "return_mean" (mean of
+            the perturbed policies, the data).
+        plot_only: don't train, only plot what OUT holds.
+        progress: show a progress bar per run.
+        out: output folder.
+    """
+
+    preset: Preset = "paper"
+    num_envs: tuple[int, ...] = (256, 512, 1024, 2048, 4096)
+    seeds: int = 3
+    settings: tuple[str, ...] = ()
+    critic: Literal["flat", "probing", "probing+params", "unf", "unf+params"] = "flat"
+    iterations: int | None = None
+    metric: Metric = "eval_return"
+    plot_only: bool = False
+    progress: bool = True
+    out: Path = Path("runs/ant_env_scaling")
+
+
+def configs(args: Args) -> dict[str, nfn_rl.EPVFConfig]:
+    overrides = {} if args.iterations is None else {"iterations": args.iterations}
+    grid = {
+        f"envs{n}": nfn_rl.ant_config(args.preset, critic=args.critic, num_envs=n, **overrides)
+        for n in args.num_envs
+    }
+    return select(grid, args.settings)
+
+
+def main(args: Args) -> None:
+    chosen = configs(args)
+    if not args.plot_only:
+        run_study(chosen, args.seeds, args.out, progress=args.progress)
+    any_config = next(iter(chosen.values()))
+    plot_study(
+        args.out,
+        list(chosen),
+        args.seeds,
+        name="ant_env_scaling",
+        title=f"EPVF on the Ant ({args.preset} preset, {args.critic} critic), envs = batch",
+        metric=args.metric,
+        labels={k: f"{c.num_envs} envs" for k, c in chosen.items()},
+        max_return=nfn_rl.make_env(any_config.env, any_config.horizon).max_return,
+    )
+
+
+if __name__ == "__main__":
+    enable_compile_cache()
+    main(tyro.cli(Args))
