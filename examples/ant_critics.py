@@ -1,0 +1,86 @@
+"""Paper Figure 2 (bottom): the critic architectures on the MJX Ant, all with the best recipe.
+
+Critics: `flat` (MLP on the flat policy parameters, the default), `probing` (MLP on the policy's
+actions on 200 learned probing states), `probing+params` (both), `unf` (UNF invariant features of
+the policy's weight space), `unf+params` (both). One `nfn_rl.train` run per (critic, seed) goes to
+OUT/<critic>/seed<k>/; finished runs are skipped and interrupted ones resume, so rerunning a command
+continues the study. The figure, OUT/ant_critics.png, shows the unperturbed policy's return against
+environment steps and wall-clock time (mean over seeds, min-max band). The paper's PPO and SAC
+baselines are not part of this package.
+
+    python examples/ant_critics.py                                   # paper scale, for a GPU
+    python examples/ant_critics.py --preset cpu --seeds 2            # CPU-sized (~10 min a run)
+    python examples/ant_critics.py --preset smoke --seeds 1 --settings flat unf+params
+"""
+
+import dataclasses
+from pathlib import Path
+
+import tyro
+from _study import Metric, Preset, enable_compile_cache, plot_study, run_study, select
+
+import nfn_rl
+
+CRITICS = ("flat", "probing", "probing+params", "unf", "unf+params")
+
+
+@dataclasses.dataclass(frozen=True)
+class Args:
+    """Figure 2, bottom.
+
+    Attributes:
+        preset: "paper" (the paper's scale, GPU), "cpu" (CPU-sized episodes and iterations) or
+            "smoke" (a quick check that everything runs).
+        seeds: seeds 0 .. seeds-1 per setting.
+        settings: run and plot only these critics; empty = all five.
+        num_envs: environments (= batch = buffer); None = the preset's.
+        iterations: iterations per run; None = the preset's.
+        metric: the plotted metric: "eval_return" (unperturbed policy) or "return_mean" (mean of
+            the perturbed policies, the data).
+        plot_only: don't train, only plot what OUT holds.
+        progress: show a progress bar per run.
+        out: output folder.
+    """
+
+    preset: Preset = "paper"
+    seeds: int = 3
+    settings: tuple[str, ...] = ()
+    num_envs: int | None = None
+    iterations: int | None = None
+    metric: Metric = "eval_return"
+    plot_only: bool = False
+    progress: bool = True
+    out: Path = Path("runs/ant_critics")
+
+
+def configs(args: Args) -> dict[str, nfn_rl.EPVFConfig]:
+    overrides = {}
+    if args.num_envs is not None:
+        overrides["num_envs"] = args.num_envs
+    if args.iterations is not None:
+        overrides["iterations"] = args.iterations
+    grid = {
+        critic: nfn_rl.ant_config(args.preset, critic=critic, **overrides) for critic in CRITICS
+    }
+    return select(grid, args.settings)
+
+
+def main(args: Args) -> None:
+    chosen = configs(args)
+    if not args.plot_only:
+        run_study(chosen, args.seeds, args.out, progress=args.progress)
+    any_config = next(iter(chosen.values()))
+    plot_study(
+        args.out,
+        list(chosen),
+        args.seeds,
+        name="ant_critics",
+        title=f"EPVF critics on the Ant ({args.preset} preset)",
+        metric=args.metric,
+        max_return=nfn_rl.make_env(any_config.env, any_config.horizon).max_return,
+    )
+
+
+if __name__ == "__main__":
+    enable_compile_cache()
+    main(tyro.cli(Args))
