@@ -8,6 +8,7 @@ same command continues a study.
 """
 
 import dataclasses
+import json
 import math
 import os
 import time
@@ -83,7 +84,7 @@ def run_study(
             if is_complete(path, config):
                 print(f"{setting} seed {seed}: complete, skipped ({path})", flush=True)
                 continue
-            resume = (path / "checkpoint.eqx").is_file()
+            resume = _resumable(path / "checkpoint.eqx", config)
             start = time.perf_counter()
             nfn_rl.train(config, out_dir=path, resume=resume, progress=progress)
             rows = read_metrics(path / "metrics.csv")
@@ -95,6 +96,16 @@ def run_study(
                 f"final eval_return {final}",
                 flush=True,
             )
+
+
+def _resumable(checkpoint: Path, config: nfn_rl.EPVFConfig) -> bool:
+    """Whether a checkpoint exists short of the end (one at the end with lost metrics rows
+    cannot restore them: that run starts over)."""
+    if not checkpoint.is_file():
+        return False
+    with checkpoint.open("rb") as f:
+        header = json.loads(f.readline())
+    return header.get("iteration", config.iterations) < config.iterations
 
 
 def load_curves(
