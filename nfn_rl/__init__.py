@@ -19,6 +19,7 @@ from nfn_rl._presets import ABLATIONS as ABLATIONS
 from nfn_rl._presets import PRESETS as PRESETS
 from nfn_rl._presets import RECIPE as RECIPE
 from nfn_rl._presets import ant_config as ant_config
+from nfn_rl._report import read_metrics as read_metrics
 from nfn_rl._rollout import episode_length_and_return as episode_length_and_return
 from nfn_rl._rollout import episode_return as episode_return
 from nfn_rl._rollout import policy_action as policy_action

@@ -33,7 +33,7 @@ class UNFCritic(Critic):
         *,
         key: PRNGKeyArray,
         unf_channels: int = 16,
-        unf_depth: int = 2,
+        unf_depth: int = 1,
         unf_features: int = 64,
         with_params: bool = False,
     ):
@@ -66,7 +66,7 @@ def unf_plus_params(
     *,
     key: PRNGKeyArray,
     unf_channels: int = 16,
-    unf_depth: int = 2,
+    unf_depth: int = 1,
     unf_features: int = 64,
 ) -> Critic:
     """The "unf+params" critic: UNF invariant features concatenated with the flat parameters."""

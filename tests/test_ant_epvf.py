@@ -1,0 +1,75 @@
+"""The main job end to end at the `smoke` preset: train, record a run, evaluate it."""
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import nfn_rl
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(*args: str) -> str:
+    env = dict(os.environ)
+    env.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path.home() / ".cache/nfn/jax"))
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples/ant_epvf_unf.py"), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_smoke_preset_runs_end_to_end_and_evaluates(tmp_path):
+    out = tmp_path / "run"
+    stdout = _run("--preset", "smoke", "--out", str(out), "--no-progress")
+    for name in ("config.json", "metrics.csv", "checkpoint.eqx", "returns.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+
+    config = json.loads((out / "config.json").read_text())
+    smoke = nfn_rl.ant_config("smoke")
+    assert config["critic"] == "unf+params" and config["env"] == "ant"
+    assert config["noise"] == "uniform_scaled" and config["weight_clip"] == 0.1
+    assert config["num_envs"] == config["batch_size"] == config["buffer_size"] == smoke.num_envs
+
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert [int(r["iteration"]) for r in rows] == list(range(smoke.iterations))
+    steps = [int(r["env_steps"]) for r in rows]
+    assert steps == sorted(steps) and steps[-1] <= smoke.iterations * smoke.num_envs * 32
+    assert all(math.isfinite(float(r["return_mean"])) for r in rows)
+    assert all(math.isfinite(float(r["critic_loss"])) for r in rows)
+    evals = [float(r["eval_return"]) for r in rows if r["eval_return"] != "nan"]
+    assert evals and all(0.0 <= e <= smoke.horizon for e in evals)
+
+    last = stdout.strip().splitlines()[-1]
+    assert last.startswith("eval_return=") and f"env_steps={steps[-1]}" in last
+
+    # Loading the checkpoint and evaluating its policy is one command, and it agrees.
+    evaluated = _run("--evaluate", "--out", str(out)).strip().splitlines()[-1]
+    assert evaluated.split()[0] == last.split()[0]
+
+
+def test_unknown_preset_is_rejected_by_name():
+    with pytest.raises(ValueError, match="unknown preset 'huge'"):
+        nfn_rl.ant_config("huge")
+    with pytest.raises(ValueError, match="unknown ablation"):
+        nfn_rl.ant_config("smoke", ablation="nope")
+
+
+def test_every_ablation_is_one_valid_change_of_the_best_setup():
+    best = nfn_rl.ant_config("paper")
+    for name in nfn_rl.ABLATIONS:
+        config = nfn_rl.ant_config("paper", ablation=name)
+        changed = {k for k, v in vars(config).items() if vars(best)[k] != v}
+        assert bool(changed) == (name != "best"), name
+    assert nfn_rl.ant_config("paper", ablation="buffer_100x").buffer_size == 409_600
+    assert best.num_envs == best.batch_size == best.buffer_size == 4096 and best.horizon == 1000
