@@ -175,3 +175,29 @@ def plot_study(
     plt.close(fig)
     print(f"saved {path}")
     return path
+
+
+def run_and_plot(
+    grid: dict[str, nfn_rl.EPVFConfig],
+    args,
+    *,
+    name: str,
+    title: str,
+    labels: dict[str, str] | None = None,
+) -> Path:
+    """The body of every study script: keep the `--settings` chosen from `grid`, train what is
+    missing (unless `--plot-only`), and draw the study's figure."""
+    chosen = select(grid, args.settings)
+    if not args.plot_only:
+        run_study(chosen, args.seeds, args.out, progress=args.progress)
+    any_config = next(iter(chosen.values()))
+    return plot_study(
+        args.out,
+        list(chosen),
+        args.seeds,
+        name=name,
+        title=title,
+        metric=args.metric,
+        labels=None if labels is None else {k: labels[k] for k in chosen},
+        max_return=nfn_rl.make_env(any_config.env, any_config.horizon).max_return,
+    )

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 import tyro
-from _study import Metric, Preset, enable_compile_cache, plot_study, run_study, select
+from _study import Metric, Preset, enable_compile_cache, run_and_plot
 
 import nfn_rl
 
@@ -56,33 +56,14 @@ class Args:
     out: Path = Path("runs/ant_ablations")
 
 
-def configs(args: Args) -> dict[str, nfn_rl.EPVFConfig]:
-    overrides = {}
-    if args.num_envs is not None:
-        overrides["num_envs"] = args.num_envs
-    if args.iterations is not None:
-        overrides["iterations"] = args.iterations
+def main(args: Args) -> None:
+    overrides = {k: v for k in ("num_envs", "iterations") if (v := getattr(args, k)) is not None}
     grid = {
         name: nfn_rl.ant_config(args.preset, critic=args.critic, ablation=name, **overrides)
         for name in nfn_rl.ABLATIONS
     }
-    return select(grid, args.settings)
-
-
-def main(args: Args) -> None:
-    chosen = configs(args)
-    if not args.plot_only:
-        run_study(chosen, args.seeds, args.out, progress=args.progress)
-    any_config = next(iter(chosen.values()))
-    plot_study(
-        args.out,
-        list(chosen),
-        args.seeds,
-        name="ant_ablations",
-        title=f"EPVF ablations on the Ant ({args.preset} preset, {args.critic} critic)",
-        metric=args.metric,
-        max_return=nfn_rl.make_env(any_config.env, any_config.horizon).max_return,
-    )
+    title = f"EPVF ablations on the Ant ({args.preset} preset, {args.critic} critic)"
+    run_and_plot(grid, args, name="ant_ablations", title=title)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import dataclasses
 from pathlib import Path
 
 import tyro
-from _study import Metric, Preset, enable_compile_cache, plot_study, run_study, select
+from _study import Metric, Preset, enable_compile_cache, run_and_plot
 
 import nfn_rl
 
@@ -53,32 +53,13 @@ class Args:
     out: Path = Path("runs/ant_critics")
 
 
-def configs(args: Args) -> dict[str, nfn_rl.EPVFConfig]:
-    overrides = {}
-    if args.num_envs is not None:
-        overrides["num_envs"] = args.num_envs
-    if args.iterations is not None:
-        overrides["iterations"] = args.iterations
+def main(args: Args) -> None:
+    overrides = {k: v for k in ("num_envs", "iterations") if (v := getattr(args, k)) is not None}
     grid = {
         critic: nfn_rl.ant_config(args.preset, critic=critic, **overrides) for critic in CRITICS
     }
-    return select(grid, args.settings)
-
-
-def main(args: Args) -> None:
-    chosen = configs(args)
-    if not args.plot_only:
-        run_study(chosen, args.seeds, args.out, progress=args.progress)
-    any_config = next(iter(chosen.values()))
-    plot_study(
-        args.out,
-        list(chosen),
-        args.seeds,
-        name="ant_critics",
-        title=f"EPVF critics on the Ant ({args.preset} preset)",
-        metric=args.metric,
-        max_return=nfn_rl.make_env(any_config.env, any_config.horizon).max_return,
-    )
+    title = f"EPVF critics on the Ant ({args.preset} preset)"
+    run_and_plot(grid, args, name="ant_critics", title=title)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 import tyro
-from _study import Metric, Preset, enable_compile_cache, plot_study, run_study, select
+from _study import Metric, Preset, enable_compile_cache, run_and_plot
 
 import nfn_rl
 
@@ -56,30 +56,15 @@ class Args:
     out: Path = Path("runs/ant_env_scaling")
 
 
-def configs(args: Args) -> dict[str, nfn_rl.EPVFConfig]:
+def main(args: Args) -> None:
     overrides = {} if args.iterations is None else {"iterations": args.iterations}
     grid = {
         f"envs{n}": nfn_rl.ant_config(args.preset, critic=args.critic, num_envs=n, **overrides)
         for n in args.num_envs
     }
-    return select(grid, args.settings)
-
-
-def main(args: Args) -> None:
-    chosen = configs(args)
-    if not args.plot_only:
-        run_study(chosen, args.seeds, args.out, progress=args.progress)
-    any_config = next(iter(chosen.values()))
-    plot_study(
-        args.out,
-        list(chosen),
-        args.seeds,
-        name="ant_env_scaling",
-        title=f"EPVF on the Ant ({args.preset} preset, {args.critic} critic), envs = batch",
-        metric=args.metric,
-        labels={k: f"{c.num_envs} envs" for k, c in chosen.items()},
-        max_return=nfn_rl.make_env(any_config.env, any_config.horizon).max_return,
-    )
+    title = f"EPVF on the Ant ({args.preset} preset, {args.critic} critic), envs = batch"
+    labels = {k: f"{c.num_envs} envs" for k, c in grid.items()}
+    run_and_plot(grid, args, name="ant_env_scaling", title=title, labels=labels)
 
 
 if __name__ == "__main__":
