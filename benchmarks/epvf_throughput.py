@@ -120,8 +120,7 @@ def main(args: Args) -> None:
     config = nfn_rl.ant_config(args.preset, critic=args.critic)
     print(f"config ({args.preset} preset): {config}")
     trainer = nfn_rl.make_train(config)
-    device = jax.devices()[0]
-    state = jax.device_put(trainer.init(), device)
+    state = trainer.place(trainer.init())
     steps = config.log_interval * config.num_envs * trainer.env.horizon
 
     env_only = eqx.filter_jit(_env_only)
@@ -134,7 +133,7 @@ def main(args: Args) -> None:
     )
 
     epvf = eqx.filter_jit(_epvf_iterations, donate="all-except-first")
-    holder = {"state": jax.device_put(trainer.init(), device)}
+    holder = {"state": trainer.place(trainer.init())}
 
     def epvf_call(_):
         holder["state"], out = epvf(trainer, holder["state"])

@@ -13,7 +13,9 @@ from pathlib import Path
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 from jaxtyping import Array, Bool, Float, Int, Key, PRNGKeyArray, PyTree, UInt32
 from tqdm.auto import tqdm
 
@@ -27,6 +29,10 @@ from nfn_rl._rollout import episode_length_and_return
 from nfn_rl.envs import Environment, make_env
 
 CHECKPOINT_FORMAT = "nfn_rl.epvf.checkpoint/1"
+
+# The one mesh axis: the environments (perturbed policies) of an iteration and the critic batch
+# are split along it; everything else is replicated on every device.
+ENVS_AXIS = "envs"
 
 
 class TrainState(eqx.Module):
@@ -81,6 +87,9 @@ class EPVFTrainer(eqx.Module):
 
     Its static parts are hashable metadata only: two trainers built from equal configs and
     environments hit the same cache entry of `run_chunk` and compile once.
+
+    `mesh` is a 1-D mesh over all devices (axis `"envs"`): the rollouts and the critic batches
+    are split evenly across it, everything else is replicated (`place` puts a state there).
     """
 
     config: EPVFConfig = eqx.field(static=True)
@@ -88,10 +97,28 @@ class EPVFTrainer(eqx.Module):
     policy_static: PyTree
     critic_static: PyTree
     buffer_capacity: int = eqx.field(static=True)
+    mesh: Mesh = eqx.field(static=True)
 
     @property
     def num_policies(self) -> int:
         return self.config.num_envs if self.config.multiple_policies else 1
+
+    def _split(self, tree: PyTree) -> PyTree:
+        """`tree` with the leading axis of every array split across the devices."""
+        sharding = NamedSharding(self.mesh, PartitionSpec(ENVS_AXIS))
+        return jax.lax.with_sharding_constraint(tree, sharding)
+
+    def _replicate(self, tree: PyTree) -> PyTree:
+        sharding = NamedSharding(self.mesh, PartitionSpec())
+        return jax.lax.with_sharding_constraint(tree, sharding)
+
+    def place(self, state: TrainState) -> TrainState:
+        """`state` committed to the trainer's devices, replicated: as `run_chunk` returns it.
+
+        A first call on uncommitted or single-device arrays would otherwise be lowered and
+        compiled a second time (~1 min for the MJX Ant) once the state comes back replicated.
+        """
+        return jax.device_put(state, NamedSharding(self.mesh, PartitionSpec()))
 
     def init(self) -> TrainState:
         """The initial state for `config.seed`."""
@@ -153,7 +180,9 @@ class EPVFTrainer(eqx.Module):
             scale=config.noise_scale,
             clip=config.perturbation_clip,
         )
-        lengths, returns = self._returns(candidates, jax.random.split(rollout_key, config.num_envs))
+        candidates = self._split(candidates)
+        keys = self._split(jax.random.split(rollout_key, config.num_envs))
+        lengths, returns = self._split(self._returns(candidates, keys))
         return candidates, lengths, returns
 
     def _value(self, critic: PyTree[Array], params: PyTree[Array]) -> Float[Array, " n"]:
@@ -176,7 +205,9 @@ class EPVFTrainer(eqx.Module):
 
         def step(carry, step_key):
             critic, opt_state = carry
-            batch = state.buffer.sample(self.config.batch_size, key=step_key)
+            # The gradient is a sum over the batch: each device takes its part of the batch, and
+            # the partial gradients are summed across devices.
+            batch = self._split(state.buffer.sample(self.config.batch_size, key=step_key))
             loss, grads = jax.value_and_grad(loss_fn)(critic, *batch)
             updates, new_opt_state = optimizer.update(grads, opt_state, critic)
             new = (optax.apply_updates(critic, updates), new_opt_state)
@@ -259,7 +290,10 @@ class EPVFTrainer(eqx.Module):
             "nonfinite_returns": jnp.sum(~finite),
             "skipped_updates": critic_skipped + policy_skipped,
         }
-        return dataclasses.replace(state, iteration=state.iteration + 1), metrics
+        # Replicated at the end of every iteration: the buffer and the update need all of this
+        # iteration's rollouts on every device, and `run_chunk` returns the state as it took it.
+        state = self._replicate(dataclasses.replace(state, iteration=state.iteration + 1))
+        return state, metrics
 
     def run_chunk(self, state: TrainState) -> tuple[TrainState, dict[str, Array]]:
         """`log_interval` iterations under `lax.scan`; metrics gain a leading iteration axis."""
@@ -268,10 +302,39 @@ class EPVFTrainer(eqx.Module):
         )
 
 
+def _device_mesh(config: EPVFConfig) -> Mesh:
+    """The 1-D mesh (axis `"envs"`) over all devices that trains `config`.
+
+    Raises a ValueError unless `num_envs` and `batch_size` are multiples of the device count,
+    since each device takes an equal part of them.
+    """
+    devices = jax.devices()
+    for name in ("num_envs", "batch_size"):
+        value = getattr(config, name)
+        if value % len(devices):
+            raise ValueError(
+                f"EPVFConfig.{name}={value} must be a multiple of the number of devices "
+                f"({len(devices)}), which share it evenly; set {name} to a multiple of "
+                f"{len(devices)} or limit the visible devices"
+            )
+    # Auto axes: the shardings are constraints on the computation, and the compiler places the
+    # rest (the default of `jax.make_mesh`, explicit axes, would type every array by sharding).
+    return Mesh(np.array(devices), (ENVS_AXIS,), axis_types=(AxisType.Auto,))
+
+
 def make_train(config: EPVFConfig, env: Environment | None = None) -> EPVFTrainer:
-    """The trainer for `config`, on `env` or else on `make_env(config.env, config.horizon)`."""
+    """The trainer for `config`, on `env` or else on `make_env(config.env, config.horizon)`.
+
+    It trains on all devices (`EPVFTrainer.mesh`), so `num_envs` and `batch_size` must be
+    multiples of the device count (else a ValueError); the environment's arrays are replicated.
+    """
+    mesh = _device_mesh(config)
     if env is None:
         env = make_env(config.env, config.horizon)
+    # Arrays committed to one device (MJX puts its model on the default device) cannot enter a
+    # computation across several.
+    env_arrays, env_static = eqx.partition(env, eqx.is_array)
+    env = eqx.combine(jax.device_put(env_arrays, NamedSharding(mesh, PartitionSpec())), env_static)
 
     def build(key):
         policy = make_policy(env, config.policy_hidden, key=key)
@@ -291,6 +354,7 @@ def make_train(config: EPVFConfig, env: Environment | None = None) -> EPVFTraine
         # Slots past the total number of rollouts would never be filled: not allocating them
         # keeps memory and checkpoints small without changing what is sampled.
         buffer_capacity=min(config.buffer_size, config.iterations * config.num_envs),
+        mesh=mesh,
     )
 
 
@@ -378,9 +442,7 @@ def train(
         state, env_steps, wall_offset = trainer.init(), 0, 0.0
         append_metrics(metrics_path, [], fresh=True)
     (out / "config.json").write_text(config.to_json() + "\n")
-    # Commit the state to a device: the jitted chunk returns committed arrays, and a first call
-    # on uncommitted ones would be lowered and compiled a second time (~1 min for the MJX Ant).
-    state = jax.device_put(state, jax.devices()[0])
+    state = trainer.place(state)
 
     done = int(state.iteration)
     bar = _progress_bar(config.iterations, done, progress)
