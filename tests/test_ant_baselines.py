@@ -1,0 +1,59 @@
+"""`examples/ant_baselines.py` end to end at the `smoke` preset, for PPO and SAC."""
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nfn_rl._report import METRIC_COLUMNS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(*args: str) -> str:
+    env = dict(os.environ)
+    env.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path.home() / ".cache/nfn/jax"))
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples/ant_baselines.py"), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+@pytest.mark.parametrize("algo", ["ppo", "sac"])
+def test_smoke_preset_runs_end_to_end_and_evaluates(tmp_path, algo):
+    out = tmp_path / algo
+    stdout = _run("--algo", algo, "--preset", "smoke", "--out", str(out), "--no-progress")
+    for name in ("config.json", "metrics.csv", "checkpoint.eqx", "returns.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    config = json.loads((out / "config.json").read_text())
+    assert config["algo"] == algo and config["env"] == "ant" and config["horizon"] == 32
+
+    with (out / "metrics.csv").open() as f:
+        reader = csv.DictReader(f)
+        assert tuple(reader.fieldnames) == METRIC_COLUMNS
+        rows = list(reader)
+    assert [int(r["iteration"]) for r in rows] == list(range(config["iterations"]))
+    per_iteration = config["num_envs"] * config["unroll_length"]
+    assert [int(r["env_steps"]) for r in rows] == [
+        per_iteration * (i + 1) for i in range(len(rows))
+    ]
+    evals = [float(r["eval_return"]) for r in rows if r["eval_return"] != "nan"]
+    assert len(evals) == config["iterations"] // config["eval_interval"]
+    assert all(0.0 <= e <= config["horizon"] for e in evals)
+    losses = [float(r["critic_loss"]) for r in rows]
+    assert any(math.isfinite(v) for v in losses)
+
+    last = stdout.strip().splitlines()[-1]
+    assert last.startswith("eval_return=") and f"env_steps={rows[-1]['env_steps']}" in last
+    evaluated = _run("--evaluate", "--out", str(out)).strip().splitlines()[-1]
+    assert evaluated.split()[0] == last.split()[0]
