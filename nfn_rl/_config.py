@@ -2,11 +2,11 @@
 
 import dataclasses
 import json
-import math
 from typing import Any
 
 from nfn_rl._critic_registry import critic_names
 from nfn_rl._perturb import NOISES
+from nfn_rl._validation import check_float, check_int, check_widths, fail
 from nfn_rl.envs import env_names
 
 SCHEDULES = ("constant", "exponential")
@@ -120,9 +120,7 @@ class EPVFConfig:
             if getattr(self, name) is not None:
                 _check_float(name, getattr(self, name), positive=True)
         for name in ("policy_hidden", "critic_hidden"):
-            widths = getattr(self, name)
-            if not all(isinstance(w, int) and w >= 1 for w in widths) or len(set(widths)) > 1:
-                _fail(name, f"must be equal positive widths, got {widths}")
+            check_widths("EPVFConfig", name, getattr(self, name))
         if self.iterations % self.log_interval:
             _fail("iterations", f"must be a multiple of log_interval={self.log_interval}")
         if self.checkpoint_interval % self.log_interval:
@@ -147,16 +145,12 @@ class EPVFConfig:
 
 
 def _fail(name: str, message: str):
-    raise ValueError(f"EPVFConfig.{name}: {message}")
+    fail("EPVFConfig", name, message)
 
 
 def _check_int(name: str, value: Any, *, minimum: int):
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        _fail(name, f"must be an integer >= {minimum}, got {value!r}")
+    check_int("EPVFConfig", name, value, minimum=minimum)
 
 
 def _check_float(name: str, value: Any, *, positive: bool):
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        _fail(name, f"must be a finite number, got {value!r}")
-    if value < 0 or (positive and value == 0):
-        _fail(name, f"must be {'> 0' if positive else '>= 0'}, got {value!r}")
+    check_float("EPVFConfig", name, value, positive=positive)

@@ -25,12 +25,16 @@ from nfn_rl._report import METRIC_COLUMNS, append_metrics, plot_returns, read_me
 @runtime_checkable
 class Trainer(Protocol):
     """What the loop needs of a trainer: a config with `iterations`, `log_interval` and
-    `checkpoint_interval`, `init()`, and a pure `run_chunk(state)` returning the state and
-    per-iteration metrics (`episode_steps` and `METRIC_COLUMNS[3:]`, leading iteration axis)."""
+    `checkpoint_interval`, `init()`, `place(state)` (the state committed to the devices it
+    trains on, laid out as `run_chunk` returns it), and a pure `run_chunk(state)` returning the
+    state and per-iteration metrics (`episode_steps` and `METRIC_COLUMNS[3:]`, leading
+    iteration axis)."""
 
     config: Any
 
     def init(self) -> PyTree: ...
+
+    def place(self, state: PyTree) -> PyTree: ...
 
     def run_chunk(self, state: PyTree) -> tuple[PyTree, dict]: ...
 
@@ -132,13 +136,10 @@ def run_training(
         state, env_steps, wall_offset = trainer.init(), 0, 0.0
         append_metrics(metrics_path, [], fresh=True)
     (out / "config.json").write_text(config_json + "\n")
-    # Commit the state to a device: the jitted chunk returns committed arrays, and a first call
-    # on uncommitted ones would be lowered and compiled a second time (~1 min for the MJX Ant).
-    state = jax.device_put(state, jax.devices()[0])
     # A chunk donates its state, and one buffer must not be donated twice: an initial state may
     # hold one array in two places (an observation that is the physics state, or target networks
     # that start as the networks).
-    state = jax.tree.map(jnp.copy, state)
+    state = jax.tree.map(jnp.copy, trainer.place(state))
 
     done = int(state.iteration)
     bar = tqdm(total=config.iterations, initial=done, unit="it", desc=desc) if progress else None

@@ -1,12 +1,7 @@
 """EPVF training (Algorithm 1): jitted chunks of iterations, and a host loop that records a run."""
 
 import dataclasses
-import importlib.metadata
-import io
-import json
-import math
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,14 +12,13 @@ import numpy as np
 import optax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 from jaxtyping import Array, Bool, Float, Int, Key, PRNGKeyArray, PyTree, UInt32
-from tqdm.auto import tqdm
 
+from nfn_rl import _loop
 from nfn_rl._buffer import ReplayBuffer, make_buffer
 from nfn_rl._config import EPVFConfig
 from nfn_rl._critic_registry import make_critic
 from nfn_rl._perturb import perturb_population
 from nfn_rl._policy import make_policy
-from nfn_rl._report import METRIC_COLUMNS, append_metrics, plot_returns, read_metrics
 from nfn_rl._rollout import episode_length_and_return
 from nfn_rl.envs import Environment, make_env
 
@@ -358,47 +352,15 @@ def make_train(config: EPVFConfig, env: Environment | None = None) -> EPVFTraine
     )
 
 
-@eqx.filter_jit(donate="all-except-first")
-def run_chunk(trainer: EPVFTrainer, state: TrainState) -> tuple[TrainState, dict[str, Array]]:
-    """`trainer.run_chunk`, jitted; `state` is donated."""
-    return trainer.run_chunk(state)
-
-
-def _nfn_version() -> str:
-    try:
-        return importlib.metadata.version("nfn")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
-
-
-def save_checkpoint(path: Path, state: TrainState, header: dict) -> None:
-    """Write a JSON header line, then the serialised state; atomically replaces `path`."""
-    buffer = io.BytesIO()
-    buffer.write((json.dumps(header) + "\n").encode())
-    eqx.tree_serialise_leaves(buffer, state)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(buffer.getvalue())
-    os.replace(tmp, path)
+def _parse_config(fields: dict) -> EPVFConfig:
+    return EPVFConfig.from_dict(fields)
 
 
 def load_checkpoint(path: Path, trainer: EPVFTrainer) -> tuple[TrainState, dict]:
-    """The state and header stored at `path` by `save_checkpoint` for this trainer's config."""
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint to resume from at {path}")
-    with path.open("rb") as f:
-        header = json.loads(f.readline())
-        if header.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{path} is not an EPVF checkpoint ({CHECKPOINT_FORMAT})")
-        stored = EPVFConfig.from_dict(header["config"])
-        if stored != trainer.config:
-            diff = {
-                field.name: (getattr(stored, field.name), getattr(trainer.config, field.name))
-                for field in dataclasses.fields(EPVFConfig)
-                if getattr(stored, field.name) != getattr(trainer.config, field.name)
-            }
-            raise ValueError(f"config differs from the checkpoint's (stored, given): {diff}")
-        state = eqx.tree_deserialise_leaves(f, eqx.filter_eval_shape(trainer.init))
-    return state, header
+    """The state and header of an EPVF checkpoint written for this trainer's config."""
+    return _loop.load_checkpoint(
+        Path(path), trainer, checkpoint_format=CHECKPOINT_FORMAT, parse_config=_parse_config
+    )
 
 
 def train(
@@ -426,67 +388,16 @@ def train(
     it again on resume). `on_chunk(iteration)` is called after each chunk's metrics are written.
     Returns the trainer and the final state (`trainer.policy(state)` is the trained policy).
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     trainer = make_train(config, env)
-    checkpoint = out / "checkpoint.eqx"
-    metrics_path = out / "metrics.csv"
-    if resume:
-        state, header = load_checkpoint(checkpoint, trainer)
-        env_steps, wall_offset = header["env_steps"], header["wall_s"]
-        # Rows written after the checkpoint belong to the lost part of the run.
-        rows = read_metrics(metrics_path, drop_incomplete=True)
-        rows = [r for r in rows if r["iteration"] < header["iteration"]]
-        append_metrics(metrics_path, rows, fresh=True)
-    else:
-        state, env_steps, wall_offset = trainer.init(), 0, 0.0
-        append_metrics(metrics_path, [], fresh=True)
-    (out / "config.json").write_text(config.to_json() + "\n")
-    state = trainer.place(state)
-
-    done = int(state.iteration)
-    bar = _progress_bar(config.iterations, done, progress)
-    start, wall = time.perf_counter(), wall_offset
-    while done < config.iterations:
-        state, metrics = run_chunk(trainer, state)
-        metrics = jax.device_get(metrics)
-        previous_wall, wall = wall, wall_offset + time.perf_counter() - start
-        rows = []
-        for j in range(config.log_interval):
-            env_steps += int(metrics["episode_steps"][j])
-            row = {"iteration": done + j, "env_steps": env_steps}
-            # One timing per chunk; iterations inside it are spread evenly.
-            row["wall_s"] = previous_wall + (wall - previous_wall) * (j + 1) / config.log_interval
-            row |= {name: metrics[name][j].item() for name in METRIC_COLUMNS[3:]}
-            rows.append(row)
-        append_metrics(metrics_path, rows)
-        chunk_steps = int(metrics["episode_steps"].sum())
-        done += config.log_interval
-        if bar is not None:
-            bar.update(config.log_interval)
-            evals = [r["eval_return"] for r in rows if not math.isnan(r["eval_return"])]
-            bar.set_postfix(
-                steps_per_s=f"{chunk_steps / max(wall - previous_wall, 1e-9):.3g}",
-                ret=f"{rows[-1]['return_mean']:.1f}",
-                eval=f"{evals[-1]:.1f}" if evals else "-",
-            )
-        if done % config.checkpoint_interval == 0 or done == config.iterations:
-            header = {
-                "format": CHECKPOINT_FORMAT,
-                "config": dataclasses.asdict(config),
-                "nfn_version": _nfn_version(),
-                "iteration": done,
-                "env_steps": env_steps,
-                "wall_s": wall,
-            }
-            save_checkpoint(checkpoint, state, header)
-        if on_chunk is not None:
-            on_chunk(done)
-    if bar is not None:
-        bar.close()
-    plot_returns(read_metrics(metrics_path), out / "returns.png")
+    state = _loop.run_training(
+        trainer,
+        out_dir=out_dir,
+        checkpoint_format=CHECKPOINT_FORMAT,
+        config_json=config.to_json(),
+        parse_config=_parse_config,
+        resume=resume,
+        progress=progress,
+        desc="EPVF",
+        on_chunk=on_chunk,
+    )
     return trainer, state
-
-
-def _progress_bar(total: int, initial: int, enabled: bool) -> tqdm | None:
-    return tqdm(total=total, initial=initial, unit="it", desc="EPVF") if enabled else None

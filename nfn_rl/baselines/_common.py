@@ -74,6 +74,11 @@ class BaselineTrainer(eqx.Module):
     def policy(self, state: BaselineState) -> eqx.Module:
         """The deterministic policy of `state` (callable on one observation)."""
 
+    def place(self, state: BaselineState) -> BaselineState:
+        """`state` committed to the default device, as `run_chunk` returns it (a first call on
+        uncommitted arrays would be compiled a second time). Baselines train on one device."""
+        return jax.device_put(state, jax.devices()[0])
+
     def evaluate(self, state: BaselineState, *, key: PRNGKeyArray) -> Float[Array, ""]:
         """Mean return of the deterministic policy over `eval_episodes` episodes."""
         policy = self.policy(state)
