@@ -29,8 +29,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 Preset = Literal["smoke", "cpu", "paper"]
 Metric = Literal["eval_return", "return_mean"]
 METRIC_LABELS = {
-    "eval_return": "return of the unperturbed policy",
-    "return_mean": "mean return of the perturbed policies",
+    # EPVF's unperturbed policy and the baselines' mode are both the deterministic policy.
+    "eval_return": "return of the deterministic policy",
+    "return_mean": "mean return of the training episodes",
 }
 
 
@@ -108,13 +109,12 @@ def _resumable(checkpoint: Path, config: nfn_rl.EPVFConfig) -> bool:
     return header.get("iteration", config.iterations) < config.iterations
 
 
-def load_curves(
-    out: Path, setting: str, seeds: int, metric: Metric
-) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Per seed (env_steps, wall_s, metric) at the iterations where `metric` was recorded."""
+def load_curves(runs: Sequence[Path], metric: Metric) -> list[tuple[np.ndarray, ...]]:
+    """Per run directory (env_steps, wall_s, metric) at the iterations where `metric` was
+    recorded; runs with no such row yet are left out."""
     curves = []
-    for seed in range(seeds):
-        rows = read_metrics(run_dir(out, setting, seed) / "metrics.csv", drop_incomplete=True)
+    for run in runs:
+        rows = read_metrics(run / "metrics.csv", drop_incomplete=True)
         rows = [r for r in rows if not math.isnan(r[metric])]
         if rows:
             columns = ("env_steps", "wall_s", metric)
@@ -122,28 +122,26 @@ def load_curves(
     return curves
 
 
-def plot_study(
-    out: Path,
-    settings: Sequence[str],
-    seeds: int,
+def plot_groups(
+    groups: dict[str, Sequence[Path]],
+    path: Path,
     *,
-    name: str,
     title: str,
     metric: Metric = "eval_return",
-    labels: dict[str, str] | None = None,
     max_return: float | None = None,
+    dashed: Sequence[str] = (),
 ) -> Path:
-    """One figure, `out/<name>.png`: `metric` against environment steps and against wall-clock
-    time, per setting the mean over seeds with a min-max band.
+    """One figure at `path`: `metric` against environment steps and against wall-clock time,
+    per group of run directories (the seeds of one setting) the mean with a min-max band.
 
     Seeds are interpolated onto a common grid (their episodes end at different steps), which
-    spans only the range every seed covers.
+    spans only the range every seed covers. Groups named in `dashed` are drawn dashed.
     """
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    for setting in settings:
-        curves = load_curves(out, setting, seeds, metric)
+    for label, runs in groups.items():
+        curves = load_curves(runs, metric)
         if not curves:
-            print(f"{setting}: no {metric} recorded yet, left out of the figure")
+            print(f"{label}: no {metric} recorded yet, left out of the figure")
             continue
         color = None
         for ax, column in zip(axes, (0, 1)):
@@ -151,10 +149,9 @@ def plot_study(
             hi = min(c[column][-1] for c in curves)
             grid = np.linspace(lo, hi, 200) if hi > lo else np.array([lo])
             values = np.stack([np.interp(grid, c[column], c[2]) for c in curves])
-            label = (labels or {}).get(setting, setting) + (
-                f" ({len(curves)} seeds)" if len(curves) != seeds else ""
-            )
-            (line,) = ax.plot(grid, values.mean(0), color=color, label=label, marker=None)
+            shown = label + (f" ({len(curves)} seeds)" if len(curves) != len(runs) else "")
+            style = "--" if label in dashed else "-"
+            (line,) = ax.plot(grid, values.mean(0), style, color=color, label=shown)
             color = line.get_color()
             if grid.size == 1:
                 ax.plot(grid, values.mean(0), "o", color=color)
@@ -168,9 +165,9 @@ def plot_study(
     for ax in axes:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"{title}: mean over {seeds} seed(s), min-max band")
+    fig.suptitle(f"{title}: mean over seeds, min-max band")
     fig.tight_layout()
-    path = out / f"{name}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=150)
     plt.close(fig)
     print(f"saved {path}")
@@ -191,13 +188,16 @@ def run_and_plot(
     if not args.plot_only:
         run_study(chosen, args.seeds, args.out, progress=args.progress)
     any_config = next(iter(chosen.values()))
-    return plot_study(
-        args.out,
-        list(chosen),
-        args.seeds,
-        name=name,
-        title=title,
+    groups = {
+        (labels or {}).get(setting, setting): [
+            run_dir(args.out, setting, seed) for seed in range(args.seeds)
+        ]
+        for setting in chosen
+    }
+    return plot_groups(
+        groups,
+        args.out / f"{name}.png",
+        title=f"{title} ({args.seeds} seed(s))",
         metric=args.metric,
-        labels=None if labels is None else {k: labels[k] for k in chosen},
         max_return=nfn_rl.make_env(any_config.env, any_config.horizon).max_return,
     )

@@ -57,3 +57,43 @@ def test_smoke_preset_runs_end_to_end_and_evaluates(tmp_path, algo):
     assert last.startswith("eval_return=") and f"env_steps={rows[-1]['env_steps']}" in last
     evaluated = _run("--evaluate", "--out", str(out)).strip().splitlines()[-1]
     assert evaluated.split()[0] == last.split()[0]
+
+
+def _fake_run(path: Path, config: dict, evals: list[float]) -> None:
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps(config))
+    with (path / "metrics.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
+        writer.writeheader()
+        for i, value in enumerate(evals):
+            row = dict.fromkeys(METRIC_COLUMNS, 0)
+            row |= {"iteration": i, "env_steps": 100 * (i + 1), "wall_s": 1.0 * (i + 1)}
+            writer.writerow(row | {"eval_return": value, "return_mean": value})
+
+
+def test_compare_groups_seeds_per_method_and_refuses_mixed_tasks(tmp_path):
+    epvf = {"env": "ant", "horizon": 32, "critic": "flat", "num_envs": 16}
+    for seed in range(2):
+        _fake_run(tmp_path / "epvf" / f"seed{seed}", epvf | {"seed": seed}, [0.0, 1.0, 2.0])
+    ppo = {"algo": "ppo", "env": "ant", "horizon": 32, "num_envs": 16, "seed": 0}
+    _fake_run(tmp_path / "ppo" / "seed0", ppo, [0.5, 1.5])
+    script = str(ROOT / "examples/compare_ant.py")
+    figure = tmp_path / "compare.png"
+    result = subprocess.run(
+        [sys.executable, script, str(tmp_path), "--out", str(figure)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "EPVF flat: 2 run(s)" in result.stdout and "PPO: 1 run(s)" in result.stdout
+    assert figure.is_file() and figure.stat().st_size > 10_000
+
+    _fake_run(tmp_path / "other" / "seed0", epvf | {"seed": 0, "horizon": 64}, [1.0])
+    result = subprocess.run(
+        [sys.executable, script, str(tmp_path), "--out", str(figure)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode != 0 and "different environments or horizons" in result.stderr
