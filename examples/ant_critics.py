@@ -5,8 +5,8 @@ actions on 200 learned probing states), `probing+params` (both), `unf` (UNF inva
 the policy's weight space), `unf+params` (both). One `nfn_rl.train` run per (critic, seed) goes to
 OUT/<critic>/seed<k>/; finished runs are skipped and interrupted ones resume, so rerunning a command
 continues the study. The figure, OUT/ant_critics.png, shows the unperturbed policy's return against
-environment steps and wall-clock time (mean over seeds, min-max band). The paper's PPO and SAC
-baselines are not part of this package.
+environment steps and wall-clock time (mean over seeds, min-max band). The PPO and SAC
+baselines are `examples/ant_baselines.py`; `examples/compare_ant.py` plots both kinds of run.
 
     python examples/ant_critics.py                                   # paper scale, for a GPU
     python examples/ant_critics.py --preset cpu --seeds 2            # CPU-sized (~10 min a run)
