@@ -1,6 +1,6 @@
 """PPO and SAC on the same MJX Ant as the EPVF runs, with the same run directory and metrics.
 
-    python examples/ant_baselines.py --algo ppo                 # CPU-sized (~10 min on 2 cores)
+    python examples/ant_baselines.py --algo ppo                 # CPU-sized (~5 min on 2 cores)
     python examples/ant_baselines.py --algo sac --preset paper  # brax's Ant settings, for a GPU
     python examples/ant_baselines.py --algo ppo --seed 1 --out runs/baselines/ppo/seed1
     python examples/ant_baselines.py --algo ppo --out runs/ant_ppo --resume   # continue a run
@@ -32,7 +32,7 @@ class Args:
 
     Attributes:
         algo: "ppo" or "sac".
-        preset: "smoke" (< 1 min, a test), "cpu" (about 10 min on 2 cores), "paper" (GPU).
+        preset: "smoke" (< 1 min, a test), "cpu" (about 5 min on 2 cores), "paper" (GPU).
         seed: seed of initialisation and of all randomness.
         out: run directory; default runs/ant_<algo>.
         resume: continue the run in OUT from its checkpoint.

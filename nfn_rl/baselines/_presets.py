@@ -39,7 +39,8 @@ BASELINE_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             checkpoint_interval=2,
         ),
     },
-    # About ten minutes each on 2 CPU cores; see docs/results.md for what they reach.
+    # About five minutes each on 2 CPU cores (measured: PPO 277 s, SAC 331 s); see
+    # docs/results.md for what they reach.
     "cpu": {
         "ppo": dict(
             num_envs=256,
