@@ -132,6 +132,15 @@ def _input_groups(terms: tuple[CoupledTerm, ...]) -> tuple[_InputGroup, ...]:
     )
 
 
+@functools.cache
+def _output_buckets(terms: tuple[CoupledTerm, ...]) -> tuple[tuple[int, ...], ...]:
+    """Coupled terms that land on the same blocks of one output partition."""
+    buckets: dict[tuple, list[int]] = {}
+    for k, term in enumerate(terms):
+        buckets.setdefault((term.out_leaf, term.out_partition, term.kept), []).append(k)
+    return tuple(tuple(b) for b in buckets.values())
+
+
 def _check_shared_sizes(space: WeightSpace, out_space: WeightSpace) -> None:
     in_sizes, out_sizes = space.sizes, out_space.sizes
     for pid in set(in_sizes) & set(out_sizes):
@@ -263,28 +272,40 @@ class EquivariantLinear(eqx.Module):
                 per_partition.append(chunk.reshape((1,) * len(partition) + (width,)))
                 offset += width
             accumulators.append(per_partition)
+        # Terms that read the same diagonal of one input leaf and pool the same blocks share that
+        # reduction; reduced[k] is term k's, with its kept axes in output order.
+        reduced = {}
         for group in _input_groups(self.terms):
-            # Terms that read the same diagonal of one input leaf and pool the same blocks share
-            # that reduction and one matmul against their concatenated channel matrices.
             first = self.terms[group.members[0]]
-            reduced = first.scale * jnp.einsum(
+            value = first.scale * jnp.einsum(
                 f"{group.in_subscripts}y->{group.kept_subscripts}y", folded[group.in_leaf]
             )
-            weights = [self.coupled_weights[k] for k in group.members]
-            mixed_all = reduced @ (weights[0] if len(weights) == 1 else jnp.concatenate(weights, 1))
-            start = 0
-            for k, order, weight in zip(group.members, group.orders, weights):
-                term = self.terms[k]
-                mixed = mixed_all[..., start : start + weight.shape[1]]
-                start += weight.shape[1]
+            for k, order in zip(group.members, group.orders):
                 if order != tuple(range(len(order))):
-                    mixed = jnp.transpose(mixed, (*order, len(order)))
-                kept_sizes = iter(mixed.shape[:-1])
-                shape = tuple(next(kept_sizes) if kept else 1 for kept in term.kept)
-                acc = accumulators[term.out_leaf]
-                acc[term.out_partition] = acc[term.out_partition] + mixed.reshape(
-                    (*shape, mixed.shape[-1])
-                )
+                    reduced[k] = jnp.transpose(value, (*order, len(order)))
+                else:
+                    reduced[k] = value
+        # Terms onto the same output blocks are one matmul of their concatenated inputs against
+        # their stacked channel matrices: the sum is formed inside the matmul, so each output
+        # leaf adds (and its backward reduces the cotangent for) one array per kept-block
+        # pattern instead of one per term. Grouping by input instead (one matmul per reduction,
+        # outputs split per term) left XLA a chain of full-size adds per output leaf that it
+        # recomputed in every backward consumer, e.g. the transposes feeding the weight
+        # gradients: 0.7-1.0x the naive per-term layer's speed on the transformer block.
+        for bucket in _output_buckets(self.terms):
+            inputs = [reduced[k] for k in bucket]
+            weights = [self.coupled_weights[k] for k in bucket]
+            if len(bucket) == 1:
+                mixed = inputs[0] @ weights[0]
+            else:
+                mixed = jnp.concatenate(inputs, -1) @ jnp.concatenate(weights, 0)
+            term = self.terms[bucket[0]]
+            kept_sizes = iter(mixed.shape[:-1])
+            shape = tuple(next(kept_sizes) if kept else 1 for kept in term.kept)
+            acc = accumulators[term.out_leaf]
+            acc[term.out_partition] = acc[term.out_partition] + mixed.reshape(
+                (*shape, mixed.shape[-1])
+            )
 
         outputs = []
         for leaf, per_partition in zip(self.out_space, accumulators):
