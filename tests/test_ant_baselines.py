@@ -55,8 +55,11 @@ def test_smoke_preset_runs_end_to_end_and_evaluates(tmp_path, algo):
 
     last = stdout.strip().splitlines()[-1]
     assert last.startswith("eval_return=") and f"env_steps={rows[-1]['env_steps']}" in last
-    evaluated = _run("--evaluate", "--out", str(out)).strip().splitlines()[-1]
-    assert evaluated.split()[0] == last.split()[0]
+    if algo == "ppo":
+        # The evaluate path is the same for both algorithms (SAC's checkpoint round trip is
+        # tested in test_baselines.py); one more Ant compile is spared.
+        evaluated = _run("--evaluate", "--out", str(out)).strip().splitlines()[-1]
+        assert evaluated.split()[0] == last.split()[0]
 
 
 def _fake_run(path: Path, config: dict, evals: list[float]) -> None:

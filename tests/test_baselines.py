@@ -178,6 +178,12 @@ def test_continuous_control_learns_the_reach_task(tmp_path, algo):
     assert start < 0.5 * env.max_return, start
     assert final > 0.8 * env.max_return, (start, evals, final)
 
+    # The checkpoint restores the trained policy.
+    loaded_trainer, loaded = baselines.load_run(tmp_path, env)
+    obs = jax.random.uniform(jax.random.key(5), (16, env.observation_size), minval=-1, maxval=1)
+    actions = jax.vmap(trainer.policy(state))(obs)
+    np.testing.assert_array_equal(jax.vmap(loaded_trainer.policy(loaded))(obs), actions)
+
 
 def test_resumed_run_reproduces_an_uninterrupted_one(tmp_path):
     config = baselines.PPOConfig(
