@@ -3,30 +3,18 @@
 import csv
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from example_runner import ROOT, run_example
 
 from nfn_rl._report import METRIC_COLUMNS
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def _run(*args: str) -> str:
-    env = dict(os.environ)
-    env.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path.home() / ".cache/nfn/jax"))
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "examples/ant_baselines.py"), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout
+    return run_example("ant_baselines.py", *args)
 
 
 @pytest.mark.parametrize("algo", ["ppo", "sac"])

@@ -3,30 +3,15 @@
 import csv
 import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from example_runner import run_example
 
 import nfn_rl
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def _run(*args: str) -> str:
-    env = dict(os.environ)
-    env.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path.home() / ".cache/nfn/jax"))
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "examples/ant_epvf_unf.py"), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout
+    return run_example("ant_epvf_unf.py", *args)
 
 
 def test_smoke_preset_runs_end_to_end_and_evaluates(tmp_path):
