@@ -11,12 +11,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
-from jaxtyping import Array, Bool, Float, Int, Key, PRNGKeyArray, PyTree, UInt32
+from jaxtyping import Array, Float, Int, Key, PRNGKeyArray, PyTree, UInt32
 
 from nfn_rl import _loop
 from nfn_rl._buffer import ReplayBuffer, make_buffer
 from nfn_rl._config import EPVFConfig
 from nfn_rl._critic_registry import make_critic
+from nfn_rl._guards import all_finite, select
 from nfn_rl._perturb import perturb_population
 from nfn_rl._policy import make_policy
 from nfn_rl._rollout import episode_length_and_return
@@ -66,14 +67,6 @@ def _policy_optimizer(config: EPVFConfig) -> optax.GradientTransformation:
 
 def _critic_optimizer(config: EPVFConfig) -> optax.GradientTransformation:
     return optax.adam(config.critic_lr)
-
-
-def _all_finite(tree: PyTree) -> Bool[Array, ""]:
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
-
-
-def _select(ok: Bool[Array, ""], new: PyTree, old: PyTree) -> PyTree:
-    return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
 
 
 class EPVFTrainer(eqx.Module):
@@ -205,8 +198,8 @@ class EPVFTrainer(eqx.Module):
             loss, grads = jax.value_and_grad(loss_fn)(critic, *batch)
             updates, new_opt_state = optimizer.update(grads, opt_state, critic)
             new = (optax.apply_updates(critic, updates), new_opt_state)
-            ok = jnp.isfinite(loss) & _all_finite(grads)
-            return _select(ok, new, carry), (loss, ok)
+            ok = jnp.isfinite(loss) & all_finite(grads)
+            return select(ok, new, carry), (loss, ok)
 
         keys = jax.random.split(key, self.config.critic_steps)
         (critic, opt_state), (losses, ok) = jax.lax.scan(
@@ -237,8 +230,8 @@ class EPVFTrainer(eqx.Module):
             loss, grads = jax.value_and_grad(loss_fn)(policy)
             updates, new_opt_state = optimizer.update(grads, opt_state, policy)
             new = (optax.apply_updates(policy, updates), new_opt_state)
-            ok = jnp.isfinite(loss) & _all_finite(grads)
-            return _select(ok, new, carry), ok
+            ok = jnp.isfinite(loss) & all_finite(grads)
+            return select(ok, new, carry), ok
 
         (policy, opt_state), ok = jax.lax.scan(
             step, (state.policy, opt_state), None, length=self.config.policy_steps

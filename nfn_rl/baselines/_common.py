@@ -7,7 +7,7 @@ from collections.abc import Callable
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree
+from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 
 from nfn_rl._rollout import episode_return
 from nfn_rl.baselines._config import BaselineConfig
@@ -19,15 +19,6 @@ def static_part(build: Callable[[PRNGKeyArray], PyTree]) -> PyTree:
     """The non-array part of `build(key)`, found without running any initialiser."""
     shapes = eqx.filter_eval_shape(build, jax.random.key(0))
     return eqx.filter(shapes, lambda x: isinstance(x, jax.ShapeDtypeStruct), inverse=True)
-
-
-def all_finite(tree: PyTree) -> Bool[Array, ""]:
-    leaves = jax.tree.leaves(eqx.filter(tree, eqx.is_inexact_array))
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
-
-
-def select(ok: Bool[Array, ""], new: PyTree, old: PyTree) -> PyTree:
-    return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
 
 
 def episode_metrics(transitions: Transition) -> dict[str, Array]:

@@ -6,12 +6,11 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree, UInt32
 
+from nfn_rl._guards import all_finite, select
 from nfn_rl.baselines._common import (
     BaselineState,
     BaselineTrainer,
-    all_finite,
     episode_metrics,
-    select,
     static_part,
 )
 from nfn_rl.baselines._config import PPOConfig
