@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import nfn
+from nfn._equivariant import _output_buckets
 from nfn._partitions import id_partitions
 
 LETTERS = string.ascii_lowercase + string.ascii_uppercase
@@ -175,10 +176,16 @@ class NaiveEquivariantLinear(eqx.Module):
             for p in id_partitions(leaf.permuted_ids):
                 cols[(i, p)] = col
                 col += leaf.fixed_size * cout
-        coupled = {
-            (t.out_leaf, t.in_leaf, t.out_partition, t.in_subscripts): w
-            for t, w in zip(layer.terms, layer.coupled_weights)
-        }
+        # nfn stacks the matrices of terms that land on the same output blocks, rows in term order.
+        coupled = {}
+        for bucket, stacked in zip(_output_buckets(layer.terms), layer.coupled_weights):
+            row = 0
+            for k in bucket:
+                t = layer.terms[k]
+                fan_in = space.leaves[t.in_leaf].fixed_size * cin
+                key = (t.out_leaf, t.in_leaf, t.out_partition, t.in_subscripts)
+                coupled[key] = stacked[row : row + fan_in]
+                row += fan_in
         pooled = np.asarray(layer.pooled_weight)
         terms = naive_terms(space, out_space)
         weights = []
