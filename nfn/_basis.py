@@ -96,19 +96,18 @@ class Pooling:
 def diag_embed(x: Float[Array, "..."], axis: int, copies: int) -> Float[Array, "..."]:
     """Replace axis `axis` (size n) by `copies` axes of size n holding `x` on their diagonal.
 
-    Written as pad + reshape (the diagonal of a row-major `(n,)*m` block sits at a fixed stride),
-    so no index tensor or scatter is needed and the backward pass is a strided slice.
+    The diagonal of a row-major `(n,)*copies` block is every `stride`-th entry of its flattening,
+    so this is one interior pad (`stride - 1` zeros between entries) and a reshape: no index
+    tensor, no scatter, and the backward pass is a strided slice that reads only the diagonal.
     """
     if copies == 1:
         return x
     n = x.shape[axis]
-    x = jnp.moveaxis(x, axis, -1)
-    lead = x.shape[:-1]
-    stride = copies if n == 1 else (n**copies - 1) // (n - 1)
-    padded = jnp.pad(x[..., None], [(0, 0)] * (len(lead) + 1) + [(0, stride - 1)])
-    diagonal = padded.reshape((*lead, n * stride))[..., : n**copies]
-    diagonal = diagonal.reshape((*lead, *(n,) * copies))
-    return jnp.moveaxis(diagonal, tuple(range(-copies, 0)), tuple(range(axis, axis + copies)))
+    stride = 1 if n == 1 else (n**copies - 1) // (n - 1)
+    config = [(0, 0, 0)] * x.ndim
+    config[axis] = (0, 0, stride - 1)
+    diagonal = jax.lax.pad(x, jnp.zeros((), x.dtype), config)
+    return diagonal.reshape((*x.shape[:axis], *(n,) * copies, *x.shape[axis + 1 :]))
 
 
 def expand_partition(
