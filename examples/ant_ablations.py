@@ -8,7 +8,7 @@ command continues the study. The figure, OUT/ant_ablations.png, shows the unpert
 return against environment steps and wall-clock time (mean over seeds, min-max band).
 
     python examples/ant_ablations.py                                  # paper scale, for a GPU
-    python examples/ant_ablations.py --preset cpu --seeds 2           # CPU-sized (~10 min a run)
+    python examples/ant_ablations.py --preset cpu --seeds 2           # CPU-sized (~1 min a run)
     python examples/ant_ablations.py --preset smoke --seeds 1 --settings best no_weight_clip
 
 With `multiple_policies` the evaluation return is the mean over all trained policies.

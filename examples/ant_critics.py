@@ -9,7 +9,7 @@ environment steps and wall-clock time (mean over seeds, min-max band). The PPO a
 baselines are `examples/ant_baselines.py`; `examples/compare_ant.py` plots both kinds of run.
 
     python examples/ant_critics.py                                   # paper scale, for a GPU
-    python examples/ant_critics.py --preset cpu --seeds 2            # CPU-sized (~10 min a run)
+    python examples/ant_critics.py --preset cpu --seeds 2            # CPU-sized (1-3 min a run)
     python examples/ant_critics.py --preset smoke --seeds 1 --settings flat unf+params
 """
 

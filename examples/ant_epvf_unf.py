@@ -1,6 +1,6 @@
 """The main job: EPVF with a UNF critic on the custom MJX Ant.
 
-    python examples/ant_epvf_unf.py                      # CPU-sized default (~10 min on 2 cores)
+    python examples/ant_epvf_unf.py                      # CPU-sized default (~3 min on 2 cores)
     python examples/ant_epvf_unf.py --preset paper       # the paper's scale, for a GPU
     python examples/ant_epvf_unf.py --critic flat --seed 1 --out runs/ant_flat
     python examples/ant_epvf_unf.py --out runs/ant_epvf_unf --resume   # continue a run
@@ -28,7 +28,7 @@ class Args:
     """EPVF on the MJX Ant.
 
     Attributes:
-        preset: "smoke" (< 1 min, a test), "cpu" (about 10 min on 2 cores), "paper" (GPU).
+        preset: "smoke" (< 1 min, a test), "cpu" (about 3 min on 2 cores), "paper" (GPU).
         critic: the critic reading the policy's parameters.
         ablation: one of the paper's ablations of the recipe (default: the best setup).
         seed: seed of initialisation and of every iteration's randomness.

@@ -36,7 +36,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         policy_hidden=(16, 16),
         critic_hidden=(32, 32),
     ),
-    # About ten minutes on 2 CPU cores. The quarter-cost torque variant and a 200-step horizon
+    # About three minutes on 2 CPU cores. The quarter-cost torque variant and a 200-step horizon
     # buy enough iterations to show learning; see docs/results.md for what it reaches.
     "cpu": dict(
         env="ant-torque",
