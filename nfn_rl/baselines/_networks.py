@@ -1,7 +1,6 @@
 """The networks and action distributions PPO and SAC share: running observation statistics,
 tanh-squashed Gaussian and categorical policies, and the deterministic policy they evaluate as."""
 
-from collections.abc import Sequence
 from typing import Literal
 
 import equinox as eqx
@@ -52,18 +51,10 @@ class Normalizer(eqx.Module):
 
 
 def mlp(
-    in_size: int, out_size: int | Literal["scalar"], hidden: Sequence[int], *, key: PRNGKeyArray
+    in_size: int, out_size: int | Literal["scalar"], width: int, depth: int, *, key: PRNGKeyArray
 ) -> eqx.nn.MLP:
-    """A SiLU MLP with equal hidden widths (`eqx.nn.MLP`); `hidden=()` is a linear map."""
-    hidden = tuple(hidden)
-    return eqx.nn.MLP(
-        in_size=in_size,
-        out_size=out_size,
-        width_size=hidden[0] if hidden else 1,
-        depth=len(hidden),
-        activation=jax.nn.silu,
-        key=key,
-    )
+    """A SiLU MLP with `depth` hidden layers of `width` (`depth=0` is a linear map)."""
+    return eqx.nn.MLP(in_size, out_size, width, depth, activation=jax.nn.silu, key=key)
 
 
 class TanhGaussian(eqx.Module):
@@ -128,9 +119,9 @@ class Categorical(eqx.Module):
     def to_action(action: Int[Array, ""]) -> Int[Array, ""]:
         return action
 
-    def mode(self) -> Float[Array, " action"]:
-        # Our discrete environments' policies output logits and act with their argmax.
-        return self.logits
+    def mode(self) -> Int[Array, ""]:
+        """The most likely action."""
+        return jnp.argmax(self.logits)
 
 
 def distribution_type(env: Environment) -> type[TanhGaussian] | type[Categorical]:
@@ -152,4 +143,6 @@ class DeterministicPolicy(eqx.Module):
 
     def __call__(self, obs: Float[Array, " obs"]) -> Float[Array, " action"]:
         out = self.net(self.normalizer(obs))
-        return Categorical(out).mode() if self.discrete else TanhGaussian.from_output(out).mode()
+        # Discrete: the logits themselves, whose argmax (the categorical's mode) is the action
+        # `nfn_rl.episode_return` takes.
+        return out if self.discrete else TanhGaussian.from_output(out).mode()

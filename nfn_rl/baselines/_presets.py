@@ -1,13 +1,15 @@
 """PPO and SAC settings for the Ant at the EPVF presets' scales."""
 
-import dataclasses
 from typing import Any
 
-from nfn_rl._presets import PRESETS as EPVF_PRESETS
-from nfn_rl.baselines._config import BaselineConfig
-from nfn_rl.baselines._train import ALGORITHMS
+from nfn_rl.baselines._config import BaselineConfig, PPOConfig, SACConfig
+from nfn_rl.envs import ANT_TASKS
+from nfn_rl.run._config import with_fields
 
-# Each preset runs on the EPVF preset's environment and horizon, so runs compare directly.
+ALGORITHMS: dict[str, type[BaselineConfig]] = {"ppo": PPOConfig, "sac": SACConfig}
+
+# Each preset runs on the Ant task of its name (`nfn_rl.envs.ANT_TASKS`), as EPVF's does, so runs
+# compare directly.
 BASELINE_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # End to end in well under a minute on 2 CPU cores, compile included: used by the tests.
     "smoke": {
@@ -17,8 +19,10 @@ BASELINE_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             iterations=4,
             num_minibatches=2,
             update_epochs=2,
-            policy_hidden=(16, 16),
-            value_hidden=(32, 32),
+            policy_width=16,
+            policy_depth=2,
+            value_width=32,
+            value_depth=2,
             log_interval=2,
             eval_interval=2,
             eval_episodes=1,
@@ -31,8 +35,10 @@ BASELINE_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             batch_size=32,
             grad_updates=2,
             min_replay=32,
-            policy_hidden=(16, 16),
-            value_hidden=(32, 32),
+            policy_width=16,
+            policy_depth=2,
+            value_width=32,
+            value_depth=2,
             log_interval=2,
             eval_interval=2,
             eval_episodes=1,
@@ -52,8 +58,10 @@ BASELINE_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             entropy_cost=1e-2,
             discount=0.97,
             reward_scale=10.0,
-            policy_hidden=(32, 32),
-            value_hidden=(128, 128),
+            policy_width=32,
+            policy_depth=2,
+            value_width=128,
+            value_depth=2,
             log_interval=20,
             eval_interval=20,
             eval_episodes=1,
@@ -70,8 +78,10 @@ BASELINE_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             learning_rate=6e-4,
             discount=0.97,
             reward_scale=10.0,
-            policy_hidden=(64, 64),
-            value_hidden=(128, 128),
+            policy_width=64,
+            policy_depth=2,
+            value_width=128,
+            value_depth=2,
             log_interval=200,
             eval_interval=200,
             eval_episodes=1,
@@ -79,23 +89,28 @@ BASELINE_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         ),
     },
     # Brax's published Ant settings for both algorithms (50M PPO and 5M SAC env steps): for a GPU.
+    # PPO collects 16 unrolls of 5 steps from 4096 envs (327,680 transitions) per update, in 32
+    # minibatches of 10,240; 152 updates are 49.8M env steps.
     "paper": {
         "ppo": dict(
             num_envs=4096,
             unroll_length=5,
-            iterations=2400,
+            unrolls_per_update=16,
+            iterations=152,
             num_minibatches=32,
             update_epochs=4,
             learning_rate=3e-4,
             entropy_cost=1e-2,
             discount=0.97,
             reward_scale=10.0,
-            policy_hidden=(32, 32, 32, 32),
-            value_hidden=(256, 256, 256, 256, 256),
-            log_interval=40,
-            eval_interval=40,
+            policy_width=32,
+            policy_depth=4,
+            value_width=256,
+            value_depth=5,
+            log_interval=8,
+            eval_interval=8,
             eval_episodes=1,
-            checkpoint_interval=400,
+            checkpoint_interval=40,
         ),
         "sac": dict(
             num_envs=128,
@@ -109,8 +124,10 @@ BASELINE_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             discount=0.97,
             reward_scale=10.0,
             normalize_observations=True,
-            policy_hidden=(256, 256),
-            value_hidden=(256, 256),
+            policy_width=256,
+            policy_depth=2,
+            value_width=256,
+            value_depth=2,
             log_interval=1000,
             eval_interval=1000,
             eval_episodes=1,
@@ -122,17 +139,10 @@ BASELINE_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 
 def baseline_config(algo: str, preset: str = "cpu", **overrides: Any) -> BaselineConfig:
     """The Ant config of `algo` (`"ppo"` or `"sac"`) at a preset (`"smoke"`, `"cpu"` or
-    `"paper"`); `overrides` replace any field last (e.g. `seed=3`)."""
+    `"paper"`); `overrides` replace any field last (e.g. `num_envs=512`)."""
     if algo not in ALGORITHMS:
         raise ValueError(f"unknown algo {algo!r}; known: {', '.join(ALGORITHMS)}")
     if preset not in BASELINE_PRESETS:
         raise ValueError(f"unknown preset {preset!r}; known: {', '.join(BASELINE_PRESETS)}")
-    cls = ALGORITHMS[algo]
-    epvf = EPVF_PRESETS[preset]
-    fields = {"env": epvf["env"], "horizon": epvf["horizon"], **BASELINE_PRESETS[preset][algo]}
-    fields |= overrides
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(fields) - known)
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}")
-    return cls(**fields)
+    fields = {**ANT_TASKS[preset], **BASELINE_PRESETS[preset][algo], **overrides}
+    return with_fields(ALGORITHMS[algo], fields)

@@ -1,4 +1,4 @@
-"""Environments implementing `nfn_rl.envs.Environment`."""
+"""Environments implementing `nfn_rl.envs.Environment`, and episode returns of policies."""
 
 from nfn_rl.envs._ant import Ant as Ant
 from nfn_rl.envs._cartpole import Cartpole as Cartpole
@@ -7,3 +7,8 @@ from nfn_rl.envs._protocol import EnvState as EnvState
 from nfn_rl.envs._registry import env_names as env_names
 from nfn_rl.envs._registry import make_env as make_env
 from nfn_rl.envs._registry import register_env as register_env
+from nfn_rl.envs._rollout import episode_length_and_return as episode_length_and_return
+from nfn_rl.envs._rollout import episode_return as episode_return
+from nfn_rl.envs._rollout import observation_statistics as observation_statistics
+from nfn_rl.envs._rollout import policy_action as policy_action
+from nfn_rl.envs._tasks import ANT_TASKS as ANT_TASKS

@@ -19,13 +19,14 @@ def perturb(
     key: PRNGKeyArray,
     noise: str = "gaussian",
     scale: float = 1.0,
-    clip: float | None = None,
+    weight_clip: float | None = None,
 ) -> T:
     """`policy` with every floating-point array leaf perturbed independently per weight `w`.
 
     `noise="gaussian"` adds `N(0, scale^2)`; `noise="uniform_scaled"` adds
     `U(-scale |w|, scale |w|)`, so the noise follows each weight's magnitude (zero weights stay
-    zero). With `clip` the perturbation itself is clipped to `[-clip, clip]`.
+    zero). With `weight_clip` the perturbed parameters `w + delta` are clipped to
+    `[-weight_clip, weight_clip]`.
     """
     if noise not in NOISES:
         raise ValueError(f"unknown noise {noise!r}; known: {', '.join(NOISES)}")
@@ -37,9 +38,10 @@ def perturb(
         delta = scale * jax.random.normal(key, flat.shape, flat.dtype)
     else:
         delta = scale * jnp.abs(flat) * jax.random.uniform(key, flat.shape, flat.dtype, -1.0, 1.0)
-    if clip is not None:
-        delta = jnp.clip(delta, -clip, clip)
-    return eqx.combine(unravel(flat + delta), static)
+    perturbed = flat + delta
+    if weight_clip is not None:
+        perturbed = jnp.clip(perturbed, -weight_clip, weight_clip)
+    return eqx.combine(unravel(perturbed), static)
 
 
 def perturb_population(
@@ -50,7 +52,7 @@ def perturb_population(
     multiple_policies: bool = False,
     noise: str = "gaussian",
     scale: float = 1.0,
-    clip: float | None = None,
+    weight_clip: float | None = None,
 ) -> T:
     """`num` perturbed policies, stacked along a new leading axis of every array leaf.
 
@@ -63,7 +65,9 @@ def perturb_population(
 
     def one(p, k):
         return eqx.filter(
-            perturb(eqx.combine(p, static), key=k, noise=noise, scale=scale, clip=clip),
+            perturb(
+                eqx.combine(p, static), key=k, noise=noise, scale=scale, weight_clip=weight_clip
+            ),
             eqx.is_array,
         )
 

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from nfn_rl.envs import Environment, EnvState
+from nfn_rl.envs._protocol import Environment, EnvState
 
 
 def policy_action(env: Environment, policy: Callable, obs: Float[Array, " obs"]) -> Array:
@@ -46,3 +46,34 @@ def episode_return(env: Environment, policy: Callable, key: PRNGKeyArray) -> Flo
     `jax.vmap(lambda p, k: episode_return(env, eqx.combine(p, static), k))(params, keys)`.
     """
     return episode_length_and_return(env, policy, key)[1]
+
+
+def observation_statistics(
+    env: Environment, *, key: PRNGKeyArray, episodes: int = 16
+) -> tuple[Float[Array, " obs"], Float[Array, " obs"]]:
+    """Mean and standard deviation of each observation entry over the live steps of
+    `episodes` episodes of uniformly random actions: the scale of what a policy sees.
+
+    The standard deviation is at least 1e-3 (an entry that never moves).
+    """
+
+    def episode(key):
+        reset_key, action_key = jax.random.split(key)
+
+        def step(state: EnvState, step_key):
+            if env.discrete:
+                action = jax.random.randint(step_key, (), 0, env.action_size)
+            else:
+                action = jax.random.uniform(step_key, (env.action_size,), minval=-1.0, maxval=1.0)
+            return env.step(state, action), (state.obs, ~state.done)
+
+        keys = jax.random.split(action_key, env.horizon)
+        _, (obs, live) = jax.lax.scan(step, env.reset(reset_key), keys)
+        return obs, live
+
+    obs, live = jax.vmap(episode)(jax.random.split(key, episodes))
+    obs, weight = obs.reshape(-1, obs.shape[-1]), live.reshape(-1, 1)
+    count = jnp.maximum(jnp.sum(weight), 1)
+    mean = jnp.sum(jnp.where(weight, obs, 0.0), axis=0) / count
+    variance = jnp.sum(jnp.where(weight, (obs - mean) ** 2, 0.0), axis=0) / count
+    return mean, jnp.maximum(jnp.sqrt(variance), 1e-3)

@@ -49,25 +49,24 @@ def read_metrics(path: Path, *, drop_incomplete: bool = False) -> list[dict]:
 
 def plot_returns(rows: list[dict], path: Path) -> None:
     """Returns against environment steps and against wall-clock time, saved to `path`."""
-    # Imported here: matplotlib takes a second to import and only the end of a run needs it.
-    import matplotlib
+    # Imported here: matplotlib takes a second to import and only the end of a run needs it. A
+    # bare `Figure` draws with the Agg canvas without touching pyplot's global backend, so a
+    # notebook that trains keeps its inline plots.
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    fig = Figure(figsize=(10, 4))
+    axes = fig.subplots(1, 2, sharey=True)
     for ax, x_name, label in zip(
         axes, ("env_steps", "wall_s"), ("environment steps", "wall-clock time [s]"), strict=True
     ):
         x = [r[x_name] for r in rows]
-        ax.plot(x, [r["return_mean"] for r in rows], lw=1, label="perturbed policies (mean)")
+        ax.plot(x, [r["return_mean"] for r in rows], lw=1, label="training episodes (mean)")
         evals = [(r[x_name], r["eval_return"]) for r in rows if not math.isnan(r["eval_return"])]
         if evals:
-            ax.plot(*zip(*evals, strict=True), lw=1.5, label="unperturbed policy (eval)")
+            ax.plot(*zip(*evals, strict=True), lw=1.5, label="trained policy (eval)")
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("undiscounted return")
     axes[0].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)

@@ -1,0 +1,119 @@
+"""One entry point for every algorithm: configs by name, trainers, training runs and loading
+them back."""
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+from jaxtyping import PyTree
+
+from nfn_rl.baselines import PPOConfig, SACConfig, make_ppo, make_sac
+from nfn_rl.envs import Environment, make_env
+from nfn_rl.epvf import EPVFConfig, make_epvf
+from nfn_rl.run import TrainConfig, Trainer, TrainState, load_checkpoint, read_header, run_training
+
+CONFIGS: dict[str, type[TrainConfig]] = {"epvf": EPVFConfig, "ppo": PPOConfig, "sac": SACConfig}
+"""The config class of each algorithm, by its `algo` name."""
+
+
+def config_from_dict(fields: dict[str, Any]) -> TrainConfig:
+    """The config of any algorithm from its `to_dict()` object (chosen by its `algo` entry)."""
+    algo = fields.get("algo")
+    if algo not in CONFIGS:
+        raise ValueError(f"unknown algo {algo!r}; known: {', '.join(CONFIGS)}")
+    return CONFIGS[algo].from_dict(fields)
+
+
+def make_trainer(config: TrainConfig, env: Environment | None = None) -> Trainer:
+    """The trainer of `config`'s algorithm, on `env` or else on
+    `make_env(config.env, config.horizon)`."""
+    if isinstance(config, EPVFConfig):
+        return make_epvf(config, env)
+    if env is None:
+        env = make_env(config.env, config.horizon)
+    if isinstance(config, PPOConfig):
+        return make_ppo(config, env)
+    if isinstance(config, SACConfig):
+        return make_sac(config, env)
+    raise TypeError(f"expected an EPVFConfig, PPOConfig or SACConfig, got {type(config).__name__}")
+
+
+def train_seeds(
+    config: TrainConfig,
+    env: Environment | None = None,
+    *,
+    seeds: Sequence[int],
+    out_dir: str | os.PathLike,
+    resume: bool = False,
+    progress: bool = True,
+    on_chunk: Callable[[int], None] | None = None,
+) -> tuple[Trainer, PyTree]:
+    """Train `config` once per seed, all seeds in one compiled program, and record each run.
+
+    Each seed's run directory (`out_dir` for one seed, else `out_dir/seed_<s>`) gets
+    `config.json`, `metrics.csv`, `checkpoint.eqx` (every `checkpoint_interval` iterations and
+    at the end) and `returns.png`. `metrics.csv` has one row per iteration: `env_steps`
+    (cumulative), `wall_s` (since the start of the training loop, compilation included, spread
+    evenly within a chunk), `return_mean`/`return_max` over the finite returns of the
+    episodes of that iteration (NaN if none), `eval_return` (the trained policy, every
+    `eval_interval` iterations, else NaN), `critic_loss`, `policy_lr`, `nonfinite_returns` and
+    `skipped_updates` (steps skipped for non-finite gradients). A seed's rows are the same
+    whichever seeds train beside it.
+
+    With `resume=True` each seed continues from its checkpoint and reproduces an uninterrupted
+    run's metrics (all but `wall_s`). `env` replaces the config's environment (pass it again on
+    resume). `on_chunk(iteration)` is called after each chunk's metrics are written. Returns
+    the trainer and the final states, stacked on a leading seed axis.
+    """
+    trainer = make_trainer(config, env)
+    states = run_training(
+        trainer,
+        seeds=seeds,
+        out_dir=out_dir,
+        resume=resume,
+        progress=progress,
+        desc=config.algo.upper(),
+        on_chunk=on_chunk,
+    )
+    return trainer, states
+
+
+def train(
+    config: TrainConfig,
+    env: Environment | None = None,
+    *,
+    seed: int = 0,
+    out_dir: str | os.PathLike,
+    resume: bool = False,
+    progress: bool = True,
+    on_chunk: Callable[[int], None] | None = None,
+) -> tuple[Trainer, TrainState]:
+    """`train_seeds` for one seed, recorded in `out_dir`; returns the trainer and the final
+    state (`trainer.policy(state)` is the trained policy)."""
+    trainer, states = train_seeds(
+        config,
+        env,
+        seeds=(seed,),
+        out_dir=out_dir,
+        resume=resume,
+        progress=progress,
+        on_chunk=on_chunk,
+    )
+    return trainer, jax.tree.map(lambda x: x[0], states)
+
+
+def load_run(
+    path: str | os.PathLike, env: Environment | None = None
+) -> tuple[Trainer, TrainState, dict[str, Any]]:
+    """The trainer, state and checkpoint header of a run (its `checkpoint.eqx` or its run
+    directory), of any algorithm; `trainer.policy(state)` is the trained policy, and the
+    header holds the config, seed, iteration and `env_steps` of the checkpoint."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoint.eqx"
+    config = config_from_dict(read_header(path)["config"])
+    trainer = make_trainer(config, env)
+    state, header = load_checkpoint(path, trainer)
+    return trainer, state, header
