@@ -1,26 +1,20 @@
-"""PPO and SAC on the same MJX Ant as the EPVF runs, with the same run directory and metrics.
+"""PPO or SAC on the MJX Ant, for the EPVF comparison (same environments, run format and
+evaluation as `examples/ant_epvf_unf.py`).
 
-    python examples/ant_baselines.py --algo ppo                 # CPU-sized (~5 min on 2 cores)
-    python examples/ant_baselines.py --algo sac --preset paper  # brax's Ant settings, for a GPU
-    python examples/ant_baselines.py --algo ppo --seed 1 --out runs/baselines/ppo/seed1
-    python examples/ant_baselines.py --algo ppo --out runs/ant_ppo --resume   # continue a run
+    python examples/ant_baselines.py --algo ppo                 # CPU-sized default
+    python examples/ant_baselines.py --algo sac --preset paper  # Brax's published settings
+    python examples/ant_baselines.py --algo ppo --config.num-envs 512 --seeds 3
+    python examples/ant_baselines.py --algo ppo --evaluate --out runs/ant_ppo
 
-Each preset trains on its EPVF preset's environment and horizon (`cpu`: the torque Ant, 200
-steps; `paper`: the position Ant, 1000 steps), so `examples/compare_ant.py` can put both in one
-figure. The run directory gets config.json, metrics.csv (`eval_return` = the deterministic
-policy's return), checkpoint.eqx and returns.png. Evaluate a trained policy afterwards with
-
-    python examples/ant_baselines.py --evaluate --out runs/ant_ppo
+`--algo` and `--preset` choose the starting config; every field of it is a flag of its own.
 """
 
 import dataclasses
-import os
 import time
 from pathlib import Path
 from typing import Literal
 
-import jax
-import tyro
+import _cli
 
 import nfn_rl
 from nfn_rl import baselines
@@ -31,49 +25,64 @@ class Args:
     """A PPO or SAC baseline on the MJX Ant.
 
     Attributes:
-        algo: "ppo" or "sac".
-        preset: "smoke" (< 1 min, a test), "cpu" (about 5 min on 2 cores), "paper" (GPU).
-        seed: seed of initialisation and of all randomness.
+        algo: starting config's algorithm, "ppo" or "sac".
+        preset: starting config: "smoke" (< 1 min, a test), "cpu" (about 5 min on 2 cores),
+            "paper" (GPU).
+        config: every hyperparameter of the algorithm, starting from the preset.
+        seed: the first seed.
+        seeds: how many seeds to train (seed, seed + 1, ...), in one compiled program.
         out: run directory; default runs/ant_<algo>.
-        resume: continue the run in OUT from its checkpoint.
-        evaluate: don't train: load OUT's checkpoint and report its policy's return.
+        resume: continue the run(s) in OUT from their checkpoints.
+        evaluate: don't train: load OUT's checkpoint(s) and report the policy's return.
         progress: show a progress bar.
     """
 
     algo: Literal["ppo", "sac"] = "ppo"
     preset: Literal["smoke", "cpu", "paper"] = "cpu"
+    config: baselines.BaselineConfig = baselines.PPOConfig()
     seed: int = 0
+    seeds: int = 1
     out: Path | None = None
     resume: bool = False
     evaluate: bool = False
     progress: bool = True
 
 
+@dataclasses.dataclass(frozen=True)
+class PPOArgs(Args):
+    """PPO on the MJX Ant (every PPOConfig field is a flag)."""
+
+    config: baselines.PPOConfig = baselines.PPOConfig()
+
+
+@dataclasses.dataclass(frozen=True)
+class SACArgs(Args):
+    """SAC on the MJX Ant (every SACConfig field is a flag)."""
+
+    config: baselines.SACConfig = baselines.SACConfig()
+
+
+def default_args(algo: str, preset: str) -> Args:
+    # The chosen algorithm's own Args type, so that its config's fields are the flags.
+    args_type = {"ppo": PPOArgs, "sac": SACArgs}.get(algo, Args)
+    config = baselines.baseline_config(algo, preset)
+    return args_type(algo=algo, preset=preset, config=config)
+
+
 def main(args: Args) -> None:
     start = time.perf_counter()
     out = args.out or Path(f"runs/ant_{args.algo}")
-    if args.evaluate:
-        trainer, state = baselines.load_run(out)
-    else:
-        config = baselines.baseline_config(args.algo, args.preset, seed=args.seed)
-        trainer, state = baselines.train(
-            config, out_dir=out, resume=args.resume, progress=args.progress
+    if not args.evaluate:
+        nfn_rl.train_seeds(
+            args.config,
+            seeds=range(args.seed, args.seed + args.seeds),
+            out_dir=out,
+            resume=args.resume,
+            progress=args.progress,
         )
-    policy = trainer.policy(state)
-    episode_return = jax.jit(lambda key: nfn_rl.episode_return(trainer.env, policy, key))
-    eval_return = float(episode_return(jax.random.key(0)))
-    rows = nfn_rl.read_metrics(out / "metrics.csv")
-    env_steps = rows[-1]["env_steps"] if rows else 0
-    print(
-        f"eval_return={eval_return:.2f} (max {trainer.env.max_return:.0f}) "
-        f"env_steps={env_steps} wall_s={time.perf_counter() - start:.1f} run={out}"
-    )
+    _cli.report(out, start=start)
 
 
 if __name__ == "__main__":
-    # A second run of the same config then skips most of the XLA compilation.
-    jax.config.update(
-        "jax_compilation_cache_dir",
-        os.environ.get("JAX_COMPILATION_CACHE_DIR", str(Path.home() / ".cache/nfn/jax")),
-    )
-    main(tyro.cli(Args))
+    nfn_rl.enable_compilation_cache()
+    main(_cli.parse(Args, default_args, ("algo", "preset")))

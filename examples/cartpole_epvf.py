@@ -1,14 +1,13 @@
-"""EPVF on Cartpole: `python examples/cartpole_epvf.py [--num-envs 16 ...] [--out DIR] [--resume]`.
+"""EPVF on Cartpole: `python examples/cartpole_epvf.py [--config.num-envs 16 ...] [--seeds 3]`.
 
 Every `EPVFConfig` field is a flag; the defaults solve Cartpole (evaluation return 500) within a
-minute on a 2-core CPU. The run directory gets config.json, metrics.csv, checkpoint.eqx and
-returns.png.
+minute on a 2-core CPU. Each run directory gets config.json, metrics.csv, checkpoint.eqx and
+returns.png; with `--seeds N` the seeds train in one compiled program, each into OUT/seed_<s>,
+with the same metrics as N single-seed runs.
 """
 
-import os
 import time
 from pathlib import Path
-from typing import Annotated
 
 import jax
 import tyro
@@ -19,34 +18,45 @@ DEFAULT = nfn_rl.EPVFConfig()
 
 
 def main(
-    config: Annotated[nfn_rl.EPVFConfig, tyro.conf.arg(name="")] = DEFAULT,
+    config: nfn_rl.EPVFConfig = DEFAULT,
+    seed: int = 0,
+    seeds: int = 1,
     out: Path = Path("runs/cartpole_epvf"),
     resume: bool = False,
     progress: bool = True,
 ) -> None:
-    """Train an EPVF on Cartpole and record the run in OUT.
+    """Train an EPVF on Cartpole and record the run(s) in OUT.
 
     Args:
         config: the EPVF hyperparameters.
+        seed: the first seed.
+        seeds: how many seeds to train (seed, seed + 1, ...).
         out: run directory.
-        resume: continue from OUT/checkpoint.eqx.
+        resume: continue from the checkpoint(s) in OUT.
         progress: show a progress bar.
     """
     start = time.perf_counter()
-    trainer, state = nfn_rl.train(config, out_dir=out, resume=resume, progress=progress)
-    returns = jax.vmap(lambda k: nfn_rl.episode_return(trainer.env, trainer.policy(state), k))(
-        jax.random.split(jax.random.key(12345), 100)
+    seed_list = list(range(seed, seed + seeds))
+    trainer, states = nfn_rl.train_seeds(
+        config, seeds=seed_list, out_dir=out, resume=resume, progress=progress
     )
-    print(
-        f"final policy: mean return {float(returns.mean()):.1f} over 100 episodes "
-        f"(max {trainer.env.max_return:.0f}); {time.perf_counter() - start:.1f} s; run in {out}"
-    )
+    dirs = nfn_rl.run.run_dirs(out, seed_list)
+    keys = jax.random.split(jax.random.key(12345), 100)
+    for index in range(seeds):
+        policy = trainer.policy(jax.tree.map(lambda x, i=index: x[i], states))
+        returns = _returns(trainer.env, policy, keys)
+        print(
+            f"seed {seed + index}: final policy's mean return {float(returns.mean()):.1f} over "
+            f"100 episodes (max {trainer.env.max_return:.0f}); "
+            f"{time.perf_counter() - start:.1f} s; run in {dirs[index]}"
+        )
+
+
+@jax.jit
+def _returns(env, policy, keys):
+    return jax.vmap(lambda k: nfn_rl.episode_return(env, policy, k))(keys)
 
 
 if __name__ == "__main__":
-    # A second run of the same config then skips most of the XLA compilation.
-    jax.config.update(
-        "jax_compilation_cache_dir",
-        os.environ.get("JAX_COMPILATION_CACHE_DIR", str(Path.home() / ".cache/nfn/jax")),
-    )
+    nfn_rl.enable_compilation_cache()
     tyro.cli(main)

@@ -1,0 +1,56 @@
+"""What the example scripts share: every config field on the command line over a preset's
+defaults, and the closing report of a run."""
+
+import argparse
+import dataclasses
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import jax
+import tyro
+
+import nfn_rl
+
+T = TypeVar("T")
+
+
+def parse(args_type: type[T], default_for: Callable[..., T], selectors: tuple[str, ...]) -> T:
+    """`tyro.cli(args_type)` whose defaults come from the starting point the `selectors` flags
+    (e.g. `--preset`, `--critic`) choose: `default_for(**selector values)`.
+
+    Every config field is then a flag (`--config.num-envs 1024`) that overrides the preset.
+    """
+    fields = {field.name: field.default for field in dataclasses.fields(args_type)}
+    pre = argparse.ArgumentParser(add_help=False)
+    for name in selectors:
+        pre.add_argument("--" + name.replace("_", "-"), dest=name, default=fields[name])
+    chosen, _ = pre.parse_known_args(sys.argv[1:])
+    try:
+        default = default_for(**vars(chosen))
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
+    # The default's own type: a subclass of `args_type` may narrow the config's type.
+    return tyro.cli(type(default), default=default)
+
+
+def report(out: Path, *, start: float) -> None:
+    """Evaluate the trained policy of each seed's run directory under `out` once, from its
+    checkpoint, and print what the number means."""
+    runs = [out] if (out / "checkpoint.eqx").is_file() else sorted(out.glob("seed_*"))
+    for run in runs:
+        trainer, state, header = nfn_rl.load_run(run)
+        value = float(_episode_return(trainer.env, trainer.policy(state), jax.random.key(0)))
+        best = trainer.env.max_return
+        print(
+            f"seed {header['seed']}: eval return {value:.1f} of {best:.0f} "
+            f"({100 * value / best:.0f}%) after {header['env_steps']:,} env steps; "
+            f"{time.perf_counter() - start:.0f} s in this process; run in {run}"
+        )
+
+
+@jax.jit
+def _episode_return(env, policy, key):
+    return nfn_rl.episode_return(env, policy, key)
