@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+import equinox as eqx
 import jax
 import tyro
 
@@ -51,6 +52,6 @@ def report(out: Path, *, start: float) -> None:
         )
 
 
-@jax.jit
+@eqx.filter_jit
 def _episode_return(env, policy, key):
     return nfn_rl.episode_return(env, policy, key)

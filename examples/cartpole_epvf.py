@@ -9,6 +9,7 @@ with the same metrics as N single-seed runs.
 import time
 from pathlib import Path
 
+import equinox as eqx
 import jax
 import tyro
 
@@ -52,7 +53,7 @@ def main(
         )
 
 
-@jax.jit
+@eqx.filter_jit
 def _returns(env, policy, keys):
     return jax.vmap(lambda k: nfn_rl.episode_return(env, policy, k))(keys)
 

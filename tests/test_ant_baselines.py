@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from example_runner import ROOT, run_example
 
-from nfn_rl._report import METRIC_COLUMNS
+from nfn_rl.run import METRIC_COLUMNS
 
 
 def _run(*args: str) -> str:
@@ -42,12 +42,13 @@ def test_smoke_preset_runs_end_to_end_and_evaluates(tmp_path, algo):
     assert any(math.isfinite(v) for v in losses)
 
     last = stdout.strip().splitlines()[-1]
-    assert last.startswith("eval_return=") and f"env_steps={rows[-1]['env_steps']}" in last
+    assert last.startswith("seed 0: eval return ")
+    assert f"after {int(rows[-1]['env_steps']):,} env steps" in last
     if algo == "ppo":
         # The evaluate path is the same for both algorithms (SAC's checkpoint round trip is
         # tested in test_baselines.py); one more Ant compile is spared.
         evaluated = _run("--evaluate", "--out", str(out)).strip().splitlines()[-1]
-        assert evaluated.split()[0] == last.split()[0]
+        assert evaluated.split(";")[0] == last.split(";")[0]
 
 
 def _fake_run(path: Path, config: dict, evals: list[float]) -> None:

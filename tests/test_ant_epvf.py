@@ -36,11 +36,12 @@ def test_smoke_preset_runs_end_to_end_and_evaluates(tmp_path):
     assert evals and all(0.0 <= e <= smoke.horizon for e in evals)
 
     last = stdout.strip().splitlines()[-1]
-    assert last.startswith("eval_return=") and f"env_steps={steps[-1]}" in last
+    assert last.startswith("seed 0: eval return ") and f"of {smoke.horizon} (" in last
+    assert f"after {steps[-1]:,} env steps" in last
 
     # Loading the checkpoint and evaluating its policy is one command, and it agrees.
     evaluated = _run("--evaluate", "--out", str(out)).strip().splitlines()[-1]
-    assert evaluated.split()[0] == last.split()[0]
+    assert evaluated.split(";")[0] == last.split(";")[0]
 
 
 def test_unknown_preset_is_rejected_by_name():

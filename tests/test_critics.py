@@ -11,14 +11,14 @@ import nfn
 import nfn_rl
 
 ENV = nfn_rl.envs.Cartpole()
-POLICY = nfn_rl.make_policy(ENV, (8, 8), key=jax.random.key(0))
+POLICY = nfn_rl.make_policy(ENV, 8, 2, key=jax.random.key(0))
 SMALL = dict(unf=dict(unf_channels=4, unf_depth=1, unf_features=16), probing=dict(probing_states=8))
 
 
 def _critic(name: str) -> nfn_rl.Critic:
     options = SMALL["unf"] if name.startswith("unf") else SMALL["probing"]
     options = options if name != "flat" else {}
-    return nfn_rl.make_critic(name, POLICY, key=jax.random.key(1), hidden=(16, 16), **options)
+    return nfn_rl.make_critic(name, POLICY, key=jax.random.key(1), width=16, depth=2, **options)
 
 
 def _permuted_policy(key):

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 import nfn_rl
-from nfn_rl._report import read_metrics
 from nfn_rl.envs import Cartpole, Environment, EnvState
+from nfn_rl.run import read_metrics
 
 # One small config for every training test, so that the suite compiles its chunk function once.
 SMALL = nfn_rl.EPVFConfig(
@@ -23,11 +23,11 @@ SMALL = nfn_rl.EPVFConfig(
     log_interval=10,
     eval_interval=10,
     checkpoint_interval=30,
-    policy_hidden=(16, 16),
-    critic_hidden=(32, 32),
+    policy_width=16,
+    critic_width=32,
     noise_scale=0.3,
-    seed=5,
 )
+SEED = 5
 
 
 def _entries(values):
@@ -36,7 +36,20 @@ def _entries(values):
     return {"a": values[:, None] * np.ones((1, 3), np.float32), "b": (values, -values)}, values
 
 
-_insert = jax.jit(lambda buffer, params, returns, mask=None: buffer.insert(params, returns, mask))
+def _empty(example_params, capacity):
+    """A buffer of (params, return) pairs, as EPVF keeps them."""
+    return nfn_rl.make_buffer((example_params, jnp.zeros(())), capacity)
+
+
+_insert = jax.jit(lambda buffer, params, returns, mask=None: buffer.insert((params, returns), mask))
+
+
+def _returns(buffer):
+    return np.asarray(buffer.items[1])
+
+
+def _params(buffer):
+    return buffer.items[0]
 
 
 # --- replay buffer ---------------------------------------------------------------------------
@@ -45,27 +58,27 @@ _insert = jax.jit(lambda buffer, params, returns, mask=None: buffer.insert(param
 def _fifo_contents(buffer):
     """The stored returns, oldest first."""
     size, position = int(buffer.size), int(buffer.position)
-    returns = np.asarray(buffer.returns)
+    returns = _returns(buffer)
     if size < buffer.capacity:
         return list(returns[:size])
     return list(np.roll(returns, -position))
 
 
 def test_buffer_fifo_order_and_wrap():
-    buffer = nfn_rl.make_buffer(jax.tree.map(lambda x: x[0], _entries([0.0])[0]), 5)
+    buffer = _empty(jax.tree.map(lambda x: x[0], _entries([0.0])[0]), 5)
     buffer = _insert(buffer, *_entries([0, 1, 2]))
     assert (int(buffer.size), int(buffer.position)) == (3, 3)
     buffer = _insert(buffer, *_entries([3, 4, 5]))
     assert (int(buffer.size), int(buffer.position)) == (5, 1)
     # Slot 0 was the oldest (0) and now holds the newest (5).
-    np.testing.assert_array_equal(buffer.returns, [5, 1, 2, 3, 4])
-    np.testing.assert_array_equal(buffer.params["a"][:, 0], [5, 1, 2, 3, 4])
-    np.testing.assert_array_equal(buffer.params["b"][1], [-5, -1, -2, -3, -4])
+    np.testing.assert_array_equal(_returns(buffer), [5, 1, 2, 3, 4])
+    np.testing.assert_array_equal(_params(buffer)["a"][:, 0], [5, 1, 2, 3, 4])
+    np.testing.assert_array_equal(_params(buffer)["b"][1], [-5, -1, -2, -3, -4])
     assert _fifo_contents(buffer) == [1, 2, 3, 4, 5]
     # A batch larger than the capacity keeps its last `capacity` entries.
     buffer = _insert(buffer, *_entries(range(10, 17)))
     assert _fifo_contents(buffer) == [12, 13, 14, 15, 16]
-    np.testing.assert_array_equal(buffer.params["a"][:, 2], buffer.returns)
+    np.testing.assert_array_equal(_params(buffer)["a"][:, 2], _returns(buffer))
 
 
 @pytest.mark.parametrize("capacity", [1, 3, 5])
@@ -73,7 +86,7 @@ def test_buffer_matches_a_deque(capacity):
     """Masked inserts of any batch size behave like appending the kept entries to a deque."""
     rng = np.random.default_rng(capacity)
     reference = deque(maxlen=capacity)
-    buffer = nfn_rl.make_buffer({"w": jnp.zeros(2)}, capacity)
+    buffer = _empty({"w": jnp.zeros(2)}, capacity)
     counter = 0
     for _ in range(12):
         batch = int(rng.choice([1, 4, 7]))
@@ -84,17 +97,17 @@ def test_buffer_matches_a_deque(capacity):
         buffer = _insert(buffer, params, values, mask)
         reference.extend(v for v, keep in zip(values, mask, strict=True) if keep)
         assert _fifo_contents(buffer) == list(reference)
-    np.testing.assert_array_equal(buffer.params["w"][:, 0], buffer.returns)
-    np.testing.assert_array_equal(buffer.params["w"][:, 1], -buffer.returns)
+    np.testing.assert_array_equal(_params(buffer)["w"][:, 0], _returns(buffer))
+    np.testing.assert_array_equal(_params(buffer)["w"][:, 1], -_returns(buffer))
 
 
 def test_buffer_sampling_without_replacement_from_filled_part():
-    buffer = nfn_rl.make_buffer(jax.tree.map(lambda x: x[0], _entries([0.0])[0]), 50)
+    buffer = _empty(jax.tree.map(lambda x: x[0], _entries([0.0])[0]), 50)
     buffer = _insert(buffer, *_entries(range(1, 31)))
     sample = jax.jit(lambda b, k: b.sample(16, key=k))
     counts = np.zeros(31)
     for i in range(400):
-        params, returns, valid = sample(buffer, jax.random.key(i))
+        (params, returns), valid = sample(buffer, jax.random.key(i))
         returns = np.asarray(returns)
         assert bool(valid.all())
         assert len(set(returns)) == 16, "sampled with replacement"
@@ -108,14 +121,14 @@ def test_buffer_sampling_without_replacement_from_filled_part():
 
 
 def test_buffer_sample_smaller_than_batch():
-    buffer = nfn_rl.make_buffer(jax.tree.map(lambda x: x[0], _entries([0.0])[0]), 8)
+    buffer = _empty(jax.tree.map(lambda x: x[0], _entries([0.0])[0]), 8)
     buffer = _insert(buffer, *_entries([7, 8, 9]))
-    _, returns, valid = buffer.sample(5, key=jax.random.key(0))
+    (_, returns), valid = buffer.sample(5, key=jax.random.key(0))
     assert list(np.asarray(valid)) == [True, True, True, False, False]
     assert sorted(np.asarray(returns)[:3]) == [7, 8, 9]
     # A batch larger than the capacity, with the buffer full.
     buffer = _insert(buffer, *_entries(range(10, 20)))
-    _, returns, valid = buffer.sample(12, key=jax.random.key(1))
+    (_, returns), valid = buffer.sample(12, key=jax.random.key(1))
     assert int(valid.sum()) == 8
     assert sorted(np.asarray(returns)[np.asarray(valid)]) == list(range(12, 20))
 
@@ -125,7 +138,7 @@ def test_buffer_sample_smaller_than_batch():
 
 @pytest.fixture(scope="module")
 def policy():
-    return nfn_rl.make_policy(Cartpole(), (64, 64), key=jax.random.key(0))
+    return nfn_rl.make_policy(Cartpole(), 64, 2, key=jax.random.key(0))
 
 
 _perturb = eqx.filter_jit(nfn_rl.perturb)
@@ -159,16 +172,17 @@ def test_uniform_scaled_noise_bounds_and_zeros(policy):
     assert ratio.max() > 0.99
 
 
-def test_gaussian_noise_std_and_clip(policy):
+def test_gaussian_noise_std_and_weight_clip(policy):
     base = _flat(policy)
-    delta = _flat(_perturb(policy, key=jax.random.key(0), scale=0.7)) - base
+    perturbed = _flat(_perturb(policy, key=jax.random.key(0), scale=0.7))
+    delta = perturbed - base
     assert abs(delta.std() - 0.7) < 0.03
     assert abs(delta.mean()) < 0.03
-    clipped = _flat(_perturb(policy, key=jax.random.key(0), scale=0.7, clip=0.2)) - base
+    clipped = _flat(_perturb(policy, key=jax.random.key(0), scale=0.7, weight_clip=0.2))
     assert np.abs(clipped).max() <= 0.2 + 1e-6
-    # Clipping only changes the large perturbations.
-    small = np.abs(delta) < 0.19
-    np.testing.assert_allclose(clipped[small], delta[small], atol=1e-6)
+    # Clipping only changes the large perturbed weights.
+    small = np.abs(perturbed) < 0.19
+    np.testing.assert_allclose(clipped[small], perturbed[small], atol=1e-6)
     with pytest.raises(ValueError, match="noise"):
         nfn_rl.perturb(policy, key=jax.random.key(0), noise="laplace")
 
@@ -205,7 +219,7 @@ def test_perturb_population_single_and_multiple(policy):
 
 
 def test_flat_critic_gradient_reaches_policy(policy):
-    critic = nfn_rl.make_critic("flat", policy, key=jax.random.key(1), hidden=(32, 32))
+    critic = nfn_rl.make_critic("flat", policy, key=jax.random.key(1), width=32, depth=2)
     assert isinstance(critic, nfn_rl.Critic)
     value = critic(policy)
     assert value.shape == ()
@@ -219,7 +233,7 @@ def test_flat_critic_gradient_reaches_policy(policy):
 
 def _constant_action_policy(action: int):
     """A policy whose logits always favour `action` (all weights zero, final bias picks it)."""
-    policy = nfn_rl.make_policy(Cartpole(), (8, 8), key=jax.random.key(0))
+    policy = nfn_rl.make_policy(Cartpole(), 8, 2, key=jax.random.key(0))
     params, static = eqx.partition(policy, eqx.is_array)
     policy = eqx.combine(jax.tree.map(jnp.zeros_like, params), static)
     bias = jnp.zeros(2).at[action].set(1.0)
@@ -248,7 +262,7 @@ def test_episode_return_counts_until_done():
 def test_episode_return_vmaps_over_policies():
     env = Cartpole(horizon=100)
     policies = [_constant_action_policy(a) for a in (0, 1)]
-    policies.append(nfn_rl.make_policy(env, (8, 8), key=jax.random.key(9)))
+    policies.append(nfn_rl.make_policy(env, 8, 2, key=jax.random.key(9)))
     key = jax.random.key(2)
     single = eqx.filter_jit(nfn_rl.episode_return)
     expected = [float(single(env, p, key)) for p in policies]
@@ -273,18 +287,21 @@ def test_episode_return_vmaps_over_policies():
         ("num_envs", 0),
         ("batch_size", -1),
         ("buffer_size", 0),
-        ("critic_steps", -1),
+        ("critic_steps", 0),
         ("policy_lr", 0.0),
         ("critic_lr", float("nan")),
         ("policy_lr_schedule", "cosine"),
         ("noise", "laplace"),
         ("noise_scale", -0.1),
-        ("perturbation_clip", 0.0),
+        ("perturbed_weight_clip", 0.0),
         ("weight_clip", -1.0),
         ("weight_decay", -1e-3),
-        ("policy_hidden", (64, 32)),
+        ("policy_width", 0),
+        ("policy_depth", -1),
         ("critic", "transformer"),
-        ("critic_hidden", (0,)),
+        ("critic_width", 0),
+        ("unf_channels", 0),
+        ("probing_states", 0),
         ("iterations", 70),
         ("checkpoint_interval", 70),
     ],
@@ -352,6 +369,7 @@ def _check_run_directory(out, state):
         header = json.loads(f.readline())
     assert header["iteration"] == SMALL.iterations
     assert header["env_steps"] == rows[-1]["env_steps"]
+    assert header["seed"] == SEED
     assert nfn_rl.EPVFConfig.from_dict(header["config"]) == SMALL
     assert int(state.iteration) == SMALL.iterations
     assert int(state.buffer.size) == SMALL.iterations * SMALL.num_envs
@@ -378,7 +396,7 @@ def test_training_run_determinism_and_resume(tmp_path):
     its metrics but wall_s and its final state must equal A's.
     """
     out_a, out_b = tmp_path / "a", tmp_path / "b"
-    _, state_a = nfn_rl.train(SMALL, out_dir=out_a, progress=False)
+    _, state_a = nfn_rl.train(SMALL, seed=SEED, out_dir=out_a, progress=False)
     _check_run_directory(out_a, state_a)
     _check_learning(out_a)
 
@@ -387,7 +405,9 @@ def test_training_run_determinism_and_resume(tmp_path):
             raise _Interrupted
 
     with pytest.raises(_Interrupted):
-        nfn_rl.train(SMALL, out_dir=out_b, progress=False, on_chunk=kill_after_checkpoint)
+        nfn_rl.train(
+            SMALL, seed=SEED, out_dir=out_b, progress=False, on_chunk=kill_after_checkpoint
+        )
     rows_a = read_metrics(out_a / "metrics.csv")
     rows_b = read_metrics(out_b / "metrics.csv")
     assert len(rows_b) == SMALL.checkpoint_interval
@@ -395,14 +415,16 @@ def test_training_run_determinism_and_resume(tmp_path):
     # A row past the checkpoint and a half-written one, as a kill in the next chunk would leave.
     with (out_b / "metrics.csv").open("a") as f:
         f.write("30,1,1.0,1.0,1.0,nan,1.0,0.001,0,0\n31,2,1.0,")
-    _, state_b = nfn_rl.train(SMALL, out_dir=out_b, resume=True, progress=False)
+    _, state_b = nfn_rl.train(SMALL, seed=SEED, out_dir=out_b, resume=True, progress=False)
     _same(rows_a, read_metrics(out_b / "metrics.csv"))
     for a, b in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b), strict=True):
         np.testing.assert_array_equal(a, b)
 
     other = dataclasses.replace(SMALL, noise_scale=0.5)
     with pytest.raises(ValueError, match="noise_scale"):
-        nfn_rl.train(other, out_dir=out_b, resume=True, progress=False)
+        nfn_rl.train(other, seed=SEED, out_dir=out_b, resume=True, progress=False)
+    with pytest.raises(ValueError, match="seed 5, not seed 6"):
+        nfn_rl.train(SMALL, seed=6, out_dir=out_b, resume=True, progress=False)
 
 
 def test_resume_without_checkpoint_names_path(tmp_path):
@@ -457,7 +479,7 @@ def test_nonfinite_returns_never_enter_buffer_or_params(tmp_path):
         iterations=20,
         checkpoint_interval=20,
         noise="uniform_scaled",
-        perturbation_clip=0.05,
+        perturbed_weight_clip=0.05,
         weight_clip=0.1,
         weight_decay=1e-2,
         policy_lr_schedule="exponential",
@@ -465,19 +487,19 @@ def test_nonfinite_returns_never_enter_buffer_or_params(tmp_path):
         multiple_policies=True,
     )
     env = NaNRewardCartpole(Cartpole(horizon=100))
-    trainer, state = nfn_rl.train(config, env, out_dir=tmp_path, progress=False)
+    trainer, state = nfn_rl.train(config, env, seed=SEED, out_dir=tmp_path, progress=False)
     rows = read_metrics(tmp_path / "metrics.csv")
     nonfinite = sum(r["nonfinite_returns"] for r in rows)
     assert 0 < nonfinite < config.iterations * config.num_envs
     assert int(state.buffer.size) == config.iterations * config.num_envs - nonfinite
-    assert np.all(np.isfinite(state.buffer.returns))
+    assert np.all(np.isfinite(_returns(state.buffer)))
     for leaf in jax.tree.leaves(eqx.filter((state.policy, state.critic), eqx.is_array)):
         assert np.all(np.isfinite(leaf))
     assert all(math.isfinite(r["return_mean"]) for r in rows if r["nonfinite_returns"] < 8)
     # The exponential schedule runs from policy_lr to policy_lr_end over the iterations.
     np.testing.assert_allclose(rows[0]["policy_lr"], config.policy_lr, rtol=1e-5)
     np.testing.assert_allclose(rows[-1]["policy_lr"], config.policy_lr_end, rtol=1e-4)
-    last_lr = state.policy_opt_state.hyperparams["learning_rate"]
+    last_lr = state.policy_opt_state.inner_state.hyperparams["learning_rate"]
     np.testing.assert_allclose(last_lr, config.policy_lr_end, rtol=1e-4)
     # One trained policy per environment, all inside the weight clip and all different.
     flats = np.stack([nfn_rl.flat_params(trainer.policy(state, i)) for i in range(8)])
@@ -486,23 +508,24 @@ def test_nonfinite_returns_never_enter_buffer_or_params(tmp_path):
 
 
 def test_nonfinite_updates_are_skipped():
-    trainer = nfn_rl.make_train(dataclasses.replace(SMALL, critic_steps=3, policy_steps=2))
-    state = trainer.init()
+    trainer = nfn_rl.make_trainer(dataclasses.replace(SMALL, critic_steps=3, policy_steps=2))
+    state = trainer.init(jax.random.key(0))
     params = jax.tree.map(lambda x: jnp.repeat(x, 4, axis=0), state.policy)
-    buffer = state.buffer.insert(params, jnp.array([1.0, jnp.nan, 2.0, 3.0]))
+    buffer = state.buffer.insert((params, jnp.array([1.0, jnp.nan, 2.0, 3.0])))
     state = dataclasses.replace(state, buffer=buffer)
+    skipped = nfn_rl.run.skipped_steps
     # Every batch holds the NaN entry: the buffer has only 4 entries and batches take 16.
-    updated, loss, skipped = eqx.filter_jit(lambda t, s: t.critic_update(s, key=jax.random.key(0)))(
+    updated, loss = eqx.filter_jit(lambda t, s: t.critic_update(s, key=jax.random.key(0)))(
         trainer, state
     )
-    assert int(skipped) == 3 and math.isnan(float(loss))
+    assert int(skipped(updated.critic_opt_state)) == 3 and math.isnan(float(loss))
     for a, b in zip(jax.tree.leaves(state.critic), jax.tree.leaves(updated.critic), strict=True):
         np.testing.assert_array_equal(a, b)
     # A critic with a NaN weight gives NaN policy gradients: the policy must not move.
     poisoned = dataclasses.replace(
         state, critic=jax.tree.map(lambda x: x.at[(0,) * x.ndim].set(jnp.nan), state.critic)
     )
-    moved, skipped = eqx.filter_jit(lambda t, s: t.policy_update(s))(trainer, poisoned)
-    assert int(skipped) == 2
+    moved = eqx.filter_jit(lambda t, s: t.policy_update(s))(trainer, poisoned)
+    assert int(skipped(moved.policy_opt_state)) == 2
     for a, b in zip(jax.tree.leaves(state.policy), jax.tree.leaves(moved.policy), strict=True):
         np.testing.assert_array_equal(a, b)

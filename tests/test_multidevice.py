@@ -22,10 +22,10 @@ CONFIG = dict(
     eval_interval=3,
     eval_episodes=2,
     checkpoint_interval=6,
-    policy_hidden=(8, 8),
-    critic_hidden=(16, 16),
-    seed=3,
+    policy_width=8,
+    critic_width=16,
 )
+SEED = 3
 
 
 def _run(out_dir: str) -> dict:
@@ -39,20 +39,17 @@ def _run(out_dir: str) -> dict:
     # The same checks as the test suite's (pyproject's --jaxtyping-packages), and its cache.
     with install_import_hook(["nfn", "nfn_rl"], "beartype.beartype"):
         import nfn_rl
-    jax.config.update(
-        "jax_compilation_cache_dir",
-        os.environ.get("JAX_COMPILATION_CACHE_DIR", str(pathlib.Path.home() / ".cache/nfn/jax")),
-    )
+    nfn_rl.enable_compilation_cache()
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
     config = nfn_rl.EPVFConfig(**CONFIG)
-    trainer, state = nfn_rl.train(config, out_dir=out_dir, progress=False)
+    trainer, state = nfn_rl.train(config, seed=SEED, out_dir=out_dir, progress=False)
     rows = nfn_rl.read_metrics(pathlib.Path(out_dir) / "metrics.csv")
     _, _, returns = eqx.filter_jit(lambda t, s, k: t.collect(s, key=k))(
         trainer, state, jax.random.key(0)
     )
     try:
-        nfn_rl.make_train(dataclasses.replace(config, num_envs=9))
+        nfn_rl.make_trainer(dataclasses.replace(config, num_envs=9))
         error = None
     except ValueError as e:
         error = str(e)

@@ -30,13 +30,13 @@ _NUM_Q = 2
 
 
 class Transitions(eqx.Module):
-    """What SAC stores of each step (leading batch axis on every field)."""
+    """What SAC stores of each step (one step, or a batch with a leading axis on every field)."""
 
-    obs: Float[Array, "n obs"]
-    action: Float[Array, "n action"]
-    reward: Float[Array, " n"]
-    next_obs: Float[Array, "n obs"]
-    terminated: Bool[Array, " n"]
+    obs: Float[Array, "*n obs"]
+    action: Float[Array, "*n action"]
+    reward: Float[Array, "*n"]
+    next_obs: Float[Array, "*n obs"]
+    terminated: Bool[Array, "*n"]
 
 
 class SACState(TrainState):

@@ -66,7 +66,9 @@ class TrainConfig:
 
     def __post_init__(self):
         owner = type(self).__name__
-        check_choice(owner, "env", self.env, env_names())
+        if self.env not in env_names():
+            known = ", ".join(env_names())
+            fail(owner, "env", f"unknown environment {self.env!r}; known: {known}")
         if self.horizon is not None:
             check_int(owner, "horizon", self.horizon, minimum=1)
         for name in (

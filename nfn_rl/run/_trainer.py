@@ -117,10 +117,10 @@ class Trainer(eqx.Module):
 
 
 def return_statistics(
-    returns: Float[Array, " n"], counted: Bool[Array, " n"]
-) -> dict[str, Float[Array, ""]]:
-    """`return_mean` and `return_max` over the `counted` finite returns, NaN when there are
-    none (no episode ended, or every return was non-finite), and `nonfinite_returns`."""
+    returns: Float[Array, "*episodes"], counted: Bool[Array, "*episodes"]
+) -> dict[str, Array]:
+    """`return_mean` and `return_max` over the `counted` finite returns (any shape), NaN when
+    there are none (no episode ended, or every return was non-finite), and `nonfinite_returns`."""
     finite = counted & jnp.isfinite(returns)
     any_finite = jnp.any(finite)
     total = jnp.sum(jnp.where(finite, returns, 0.0))
