@@ -7,6 +7,11 @@ evaluation return first reaches 500 (measured from the start of the training loo
 the XLA compilation of the first chunk), the median over seeds, and how one iteration's time
 splits between rollouts, critic updates, policy updates and evaluation (each piece jitted and
 timed on its own).
+
+Each seed is its own single-seed run (`nfn_rl.train`), with the in-memory compilation caches
+cleared before it, so that every seed's time includes its compilation as a first run's would
+(seeds are data: without the clearing, seeds after the first would reuse the first one's
+compiled program).
 """
 
 import dataclasses
@@ -23,7 +28,6 @@ import jaxlib
 import tyro
 
 import nfn_rl
-from nfn_rl._report import read_metrics
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,13 +43,14 @@ class Args:
     compile_cache: bool = False
 
 
-def time_to_solve(config: nfn_rl.EPVFConfig) -> tuple[float | None, int | None, float]:
+def time_to_solve(config: nfn_rl.EPVFConfig, seed: int) -> tuple[float | None, int | None, float]:
     """(wall s, iteration) of the first evaluation at the maximum return, and the total time."""
+    jax.clear_caches()
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
-        trainer, _ = nfn_rl.train(config, out_dir=out, progress=False)
+        trainer, _ = nfn_rl.train(config, seed=seed, out_dir=out, progress=False)
         total = time.perf_counter() - start
-        rows = read_metrics(Path(out) / "metrics.csv")
+        rows = nfn_rl.read_metrics(Path(out) / "metrics.csv")
     solved = [r for r in rows if r["eval_return"] >= trainer.env.max_return]
     if not solved:
         return None, None, total
@@ -54,20 +59,21 @@ def time_to_solve(config: nfn_rl.EPVFConfig) -> tuple[float | None, int | None, 
 
 def time_pieces(config: nfn_rl.EPVFConfig, repeats: int) -> dict[str, float]:
     """Milliseconds per call of each separately jitted piece of an iteration."""
-    trainer = nfn_rl.make_train(config)
-    state = trainer.init()
-    # A buffer filled with rollouts of the initial policy, as after a few iterations.
+    trainer = nfn_rl.make_trainer(config)
     key = jax.random.key(0)
+    state = eqx.filter_jit(lambda t, k: t.init(k))(trainer, key)
+    # A buffer filled with rollouts of the initial policy, as after a few iterations.
     candidates, _, returns = eqx.filter_jit(lambda t, s, k: t.collect(s, key=k))(
         trainer, state, key
     )
-    state = dataclasses.replace(state, buffer=state.buffer.insert(candidates, returns))
+    state = dataclasses.replace(state, buffer=state.buffer.insert((candidates, returns)))
+    state = trainer.place(state)
     # Each piece returns only what it changes: returning the whole state would time a copy of
     # the replay buffer that the fused training loop never makes.
     pieces = {
         "rollouts": lambda t, s, k: t.collect(s, key=k)[2],
         "critic updates": lambda t, s, k: t.critic_update(s, key=k)[0].critic,
-        "policy updates": lambda t, s, k: t.policy_update(s)[0].policy,
+        "policy updates": lambda t, s, k: t.policy_update(s).policy,
         "evaluation (every eval_interval)": lambda t, s, k: t.evaluate(s, key=k),
     }
     timings = {}
@@ -84,10 +90,7 @@ def time_pieces(config: nfn_rl.EPVFConfig, repeats: int) -> dict[str, float]:
 
 def main(args: Args) -> None:
     if args.compile_cache:
-        jax.config.update(
-            "jax_compilation_cache_dir",
-            os.environ.get("JAX_COMPILATION_CACHE_DIR", str(Path.home() / ".cache/nfn/jax")),
-        )
+        nfn_rl.enable_compilation_cache()
     print(
         f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
@@ -97,7 +100,7 @@ def main(args: Args) -> None:
     print(f"config: {config}")
     solve_times = []
     for seed in range(args.seeds):
-        wall, iteration, total = time_to_solve(dataclasses.replace(config, seed=seed))
+        wall, iteration, total = time_to_solve(config, seed)
         status = f"solved at {wall:.1f} s (iteration {iteration})" if wall else "not solved"
         print(f"seed {seed}: {status}; whole run {total:.1f} s", flush=True)
         solve_times.append(wall if wall is not None else float("inf"))

@@ -8,8 +8,9 @@ Both sides are jitted and timed after compilation, `log_interval` iterations per
 
 - EPVF: per iteration, perturb the policy `num_envs` times and roll every perturbation out for
   `horizon` steps, insert the pairs into the buffer, `critic_steps` critic steps and
-  `policy_steps` policy steps (`EPVFTrainer.collect`, `critic_update`, `policy_update`; the state
-  is donated and fed back, as in training). The periodic evaluation is left out.
+  `policy_steps` policy steps (`EPVFTrainer.update`, with the iteration's key drawn as
+  `Trainer.iteration` draws it; the state is donated and fed back, as in training). The periodic
+  evaluation is left out.
 - env only: the same perturbation and vmapped rollouts (`EPVFTrainer.collect`), no buffer and no
   critic; its output is the sum of the returns.
 
@@ -30,7 +31,6 @@ import importlib.metadata
 import os
 import platform
 import time
-from pathlib import Path
 from typing import Literal
 
 import equinox as eqx
@@ -57,24 +57,21 @@ class Args:
     compile_cache: bool = True
 
 
-def _epvf_iterations(trainer: nfn_rl.EPVFTrainer, state: nfn_rl.TrainState):
+def _epvf_iterations(trainer: nfn_rl.EPVFTrainer, state: nfn_rl.EPVFState):
     """`log_interval` EPVF iterations (Algorithm 1 without the evaluation)."""
 
     def iteration(state, _):
-        rollout_key, critic_key, _ = trainer.iteration_keys(state)
-        candidates, _, returns = trainer.collect(state, key=rollout_key)
-        finite = jnp.isfinite(returns)
-        buffer = state.buffer.insert(candidates, returns, finite)
-        state = dataclasses.replace(state, buffer=buffer)
-        state, loss, _ = trainer.critic_update(state, key=critic_key)
-        state, _ = trainer.policy_update(state)
+        # The update key of `Trainer.iteration`, without its evaluation branch.
+        key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.iteration)
+        update_key, _ = jax.random.split(key)
+        state, metrics = trainer.update(state, update_key)
         state = dataclasses.replace(state, iteration=state.iteration + 1)
-        return state, (loss, jnp.mean(returns))
+        return state, (metrics["critic_loss"], metrics["return_mean"])
 
     return jax.lax.scan(iteration, state, None, length=trainer.config.log_interval)
 
 
-def _env_only(trainer: nfn_rl.EPVFTrainer, state: nfn_rl.TrainState, key: jax.Array):
+def _env_only(trainer: nfn_rl.EPVFTrainer, state: nfn_rl.EPVFState, key: jax.Array):
     """The same perturbations and rollouts, `log_interval` times; the sum of all returns."""
 
     def iteration(total, index):
@@ -105,10 +102,7 @@ def _version(name: str) -> str:
 
 def main(args: Args) -> None:
     if args.compile_cache:
-        jax.config.update(
-            "jax_compilation_cache_dir",
-            os.environ.get("JAX_COMPILATION_CACHE_DIR", str(Path.home() / ".cache/nfn/jax")),
-        )
+        nfn_rl.enable_compilation_cache()
     print(
         f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
@@ -119,8 +113,9 @@ def main(args: Args) -> None:
     )
     config = nfn_rl.ant_config(args.preset, critic=args.critic)
     print(f"config ({args.preset} preset): {config}")
-    trainer = nfn_rl.make_train(config)
-    state = trainer.place(trainer.init())
+    trainer = nfn_rl.make_trainer(config)
+    init = eqx.filter_jit(lambda t, k: t.init(k))
+    state = trainer.place(init(trainer, jax.random.key(0)))
     steps = config.log_interval * config.num_envs * trainer.env.horizon
 
     env_only = eqx.filter_jit(_env_only)
@@ -133,7 +128,8 @@ def main(args: Args) -> None:
     )
 
     epvf = eqx.filter_jit(_epvf_iterations, donate="all-except-first")
-    holder = {"state": trainer.place(trainer.init())}
+    # Donated states: an initial state may hold one array in two places, so each gets a copy.
+    holder = {"state": jax.tree.map(jnp.copy, trainer.place(init(trainer, jax.random.key(0))))}
 
     def epvf_call(_):
         holder["state"], out = epvf(trainer, holder["state"])

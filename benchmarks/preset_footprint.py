@@ -6,25 +6,27 @@ running it: compile time and XLA's memory analysis (arguments, outputs, temporar
 
 This is the check that the `paper` presets build, unchanged, at the paper's scale on a machine
 that cannot run them (the CPU here), and the number to compare with a GPU's memory before
-renting one. It compiles exactly the function training runs (`nfn_rl._loop.run_chunk`'s body:
-`log_interval` iterations under `lax.scan`) for the local backend; a GPU's compiled program and
-memory differ somewhat, so treat the figures as an estimate.
+renting one. It compiles exactly the function training runs (`nfn_rl.run._loop.run_chunk`:
+`log_interval` iterations under `lax.scan`, for `--seeds` seeds stacked as data) for the local
+backend; a GPU's compiled program and memory differ somewhat, so treat the figures as an
+estimate.
 """
 
 import dataclasses
 import os
 import platform
 import time
-from pathlib import Path
 from typing import Literal
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 import jaxlib
 import tyro
 
 import nfn_rl
 from nfn_rl import baselines
+from nfn_rl.run._loop import init_states, run_chunk, seed_keys
 
 Method = Literal["flat", "probing", "probing+params", "unf", "unf+params", "ppo", "sac"]
 
@@ -34,18 +36,20 @@ class Args:
     """Attributes:
     preset: the Ant preset ("smoke", "cpu" or "paper").
     method: an EPVF critic, or the "ppo" / "sac" baseline.
+    seeds: seeds trained in the one program (the state is held once per seed).
     """
 
     preset: Literal["smoke", "cpu", "paper"] = "paper"
     method: Method = "unf+params"
+    seeds: int = 1
 
 
 def _trainer(args: Args):
     if args.method in ("ppo", "sac"):
         config = baselines.baseline_config(args.method, args.preset)
-        return config, baselines.make_baseline(config)
-    config = nfn_rl.ant_config(args.preset, critic=args.method)
-    return config, nfn_rl.make_train(config)
+    else:
+        config = nfn_rl.ant_config(args.preset, critic=args.method)
+    return config, nfn_rl.make_trainer(config)
 
 
 def _gib(size: int) -> str:
@@ -56,10 +60,19 @@ def main(args: Args) -> None:
     print(f"machine: {platform.platform()} | cpus: {os.cpu_count()} | devices: {jax.devices()}")
     print(f"jax {jax.__version__}  jaxlib {jaxlib.__version__}")
     config, trainer = _trainer(args)
-    print(f"{args.preset} preset, {args.method}: {config}")
-    state = eqx.filter_eval_shape(trainer.init)
+    print(f"{args.preset} preset, {args.method}, {args.seeds} seed(s): {config}")
+    state = eqx.filter_eval_shape(init_states, trainer, seed_keys(list(range(args.seeds))))
+    # `run_chunk`'s own function under a plain `jax.jit`, which (unlike `eqx.filter_jit`) takes
+    # the shapes of the states in place of the states themselves.
+    dynamic, static = eqx.partition(trainer, eqx.is_array)
+
+    def chunk(dynamic, states, start):
+        return run_chunk.__wrapped__(eqx.combine(dynamic, static), states, start)
+
     start = time.perf_counter()
-    lowered = jax.jit(lambda s: trainer.run_chunk(s), donate_argnums=0).lower(state)
+    lowered = jax.jit(chunk, donate_argnums=1).lower(
+        dynamic, state, jax.ShapeDtypeStruct((), jnp.int32)
+    )
     lower_s = time.perf_counter() - start
     start = time.perf_counter()
     compiled = lowered.compile()
@@ -81,8 +94,5 @@ def main(args: Args) -> None:
 
 
 if __name__ == "__main__":
-    jax.config.update(
-        "jax_compilation_cache_dir",
-        os.environ.get("JAX_COMPILATION_CACHE_DIR", str(Path.home() / ".cache/nfn/jax")),
-    )
+    nfn_rl.enable_compilation_cache()
     main(tyro.cli(Args))

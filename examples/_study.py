@@ -1,30 +1,31 @@
-"""Shared pieces of the Ant studies (paper Figure 2): run a grid of (setting, seed) trainings into
-one folder, resumably, and plot them as one figure.
+"""Shared pieces of the Ant studies (paper Figure 2): train a grid of settings into one folder,
+each setting's seeds in one compiled program (`nfn_rl.train_seeds`), resumably, and plot them as
+one figure.
 
-Layout: `OUT/<setting>/seed<k>/` holds one `nfn_rl.train` run (config.json, metrics.csv,
-checkpoint.eqx, returns.png); the figure goes to `OUT/<name>.png`. A run whose metrics.csv already
-has all its iterations is skipped; one cut short resumes from its checkpoint, so rerunning the
-same command continues a study.
+Layout: `OUT/<setting>/seed_<k>/` holds seed k's run (config.json, metrics.csv, checkpoint.eqx,
+returns.png); the figure goes to `OUT/<name>.png`. Rerunning the same command continues a study:
+a setting whose every seed has all its iterations is skipped; the seeds still to train resume
+from their checkpoints when those are all at the same iteration short of the end, and otherwise
+start over (with a message saying why). Seeds added later (a larger `--seeds`) train on their own
+next to the finished ones; a seed's metrics do not depend on which seeds train beside it.
+
+On the wall-clock axis, a setting's seeds share one program and run one after another within
+each chunk: its `wall_s` is the time of all of them together (compilation included), so compare
+wall-clock curves between settings trained with the same number of seeds.
 """
 
-import dataclasses
 import json
 import math
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-import jax
-import matplotlib
 import numpy as np
+from matplotlib.figure import Figure
 
 import nfn_rl
-from nfn_rl._report import read_metrics
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from nfn_rl.run import read_header
 
 Preset = Literal["smoke", "cpu", "paper"]
 Metric = Literal["eval_return", "return_mean"]
@@ -35,14 +36,6 @@ METRIC_LABELS = {
 }
 
 
-def enable_compile_cache() -> None:
-    """Use the persistent XLA compilation cache: seeds of a setting then compile once."""
-    jax.config.update(
-        "jax_compilation_cache_dir",
-        os.environ.get("JAX_COMPILATION_CACHE_DIR", str(Path.home() / ".cache/nfn/jax")),
-    )
-
-
 def select(settings: dict[str, object], chosen: Sequence[str]) -> dict[str, object]:
     """The entries of `settings` named in `chosen` (all if empty), in `settings`' order."""
     unknown = sorted(set(chosen) - set(settings))
@@ -51,62 +44,131 @@ def select(settings: dict[str, object], chosen: Sequence[str]) -> dict[str, obje
     return {k: v for k, v in settings.items() if not chosen or k in chosen}
 
 
-def run_dir(out: Path, setting: str, seed: int) -> Path:
-    return out / setting / f"seed{seed}"
+def seed_dir(out: Path, setting: str, seed: int) -> Path:
+    """The run directory of one seed of one setting."""
+    return out / setting / f"seed_{seed}"
 
 
-def is_complete(path: Path, config: nfn_rl.EPVFConfig) -> bool:
-    """Whether `path` holds a finished run of exactly `config`.
-
-    Raises if it holds (part of) a run of another config: resuming or overwriting it would mix
-    two studies in one folder.
-    """
+def _check_config(path: Path, config: nfn_rl.EPVFConfig) -> bool:
+    """Whether `path` holds (part of) a run; raises if it is a run of another config, since
+    resuming or overwriting it would mix two studies in one folder."""
     config_file = path / "config.json"
     if not config_file.is_file():
         return False
-    stored = nfn_rl.EPVFConfig.from_json(config_file.read_text())
+    try:
+        stored = nfn_rl.config_from_dict(json.loads(config_file.read_text()))
+    except ValueError as error:
+        raise SystemExit(
+            f"{path} holds a run this version of nfn_rl cannot read ({error}); choose another "
+            "--out or remove it"
+        ) from None
     if stored != config:
         raise SystemExit(
             f"{path} holds a run of another config; choose another --out or remove it.\n"
             f"  stored: {stored}\n  wanted: {config}"
         )
-    rows = read_metrics(path / "metrics.csv", drop_incomplete=True)
+    return True
+
+
+def is_complete(path: Path, config: nfn_rl.EPVFConfig) -> bool:
+    """Whether `path` holds a finished run of exactly `config` (raises for another config)."""
+    if not _check_config(path, config):
+        return False
+    rows = nfn_rl.read_metrics(path / "metrics.csv", drop_incomplete=True)
     return len(rows) == config.iterations and rows[-1]["iteration"] == config.iterations - 1
+
+
+def _checkpoint_iteration(path: Path, config: nfn_rl.EPVFConfig, seed: int) -> int | None:
+    """The iteration of `path`'s checkpoint if it is one of `config` and `seed`, else None."""
+    checkpoint = path / "checkpoint.eqx"
+    if not checkpoint.is_file():
+        return None
+    try:
+        header = read_header(checkpoint)
+        if header["seed"] != seed or nfn_rl.config_from_dict(header["config"]) != config:
+            return None
+    except (ValueError, KeyError):
+        return None
+    return header["iteration"]
+
+
+def plan_setting(
+    out: Path, setting: str, config: nfn_rl.EPVFConfig, seeds: Sequence[int]
+) -> tuple[list[int], bool, str]:
+    """What training `setting` still needs: the seeds to train, whether they resume from their
+    checkpoints, and a line saying so (empty seeds: every seed is complete)."""
+    todo = [s for s in seeds if not is_complete(seed_dir(out, setting, s), config)]
+    if not todo:
+        return [], False, "complete, skipped"
+    names = ", ".join(map(str, todo))
+    started = [s for s in todo if _check_config(seed_dir(out, setting, s), config)]
+    at = {s: _checkpoint_iteration(seed_dir(out, setting, s), config, s) for s in todo}
+    iterations = set(at.values())
+    if len(iterations) == 1 and None not in iterations:
+        done = iterations.pop()
+        if done < config.iterations:
+            return todo, True, f"seed(s) {names}: resuming from iteration {done}"
+    if not started:
+        return todo, False, f"seed(s) {names}: training"
+    where = ", ".join(
+        f"seed {s}: {'no usable checkpoint' if i is None else f'checkpoint at iteration {i}'}"
+        for s, i in at.items()
+    )
+    message = (
+        f"seed(s) {names}: starting over from iteration 0, since their checkpoints are not all "
+        f"at one iteration short of the end ({where})"
+    )
+    return todo, False, message
+
+
+def train_setting(
+    out: Path,
+    setting: str,
+    config: nfn_rl.EPVFConfig,
+    seeds: Sequence[int],
+    *,
+    progress: bool = True,
+) -> None:
+    """Train what `setting` still needs (`plan_setting`) in one `nfn_rl.train_seeds` call."""
+    todo, resume, message = plan_setting(out, setting, config, seeds)
+    print(f"{setting}: {message}", flush=True)
+    if not todo:
+        return
+    dirs = [seed_dir(out, setting, s) for s in todo]
+    if not resume:
+        # A stale checkpoint would otherwise sit beside the new run until its first checkpoint.
+        for d in dirs:
+            for name in ("checkpoint.eqx", "checkpoint.eqx.tmp"):
+                (d / name).unlink(missing_ok=True)
+    # One seed trains into its run directory itself, several into OUT/<setting>/seed_<k>.
+    target = dirs[0] if len(todo) == 1 else out / setting
+    assert nfn_rl.run.run_dirs(target, todo) == dirs
+    start = time.perf_counter()
+    nfn_rl.train_seeds(config, seeds=todo, out_dir=target, resume=resume, progress=progress)
+    seconds = time.perf_counter() - start
+    for seed, d in zip(todo, dirs, strict=True):
+        rows = nfn_rl.read_metrics(d / "metrics.csv")
+        evals = [r["eval_return"] for r in rows if not math.isnan(r["eval_return"])]
+        final = f"{evals[-1]:.4g}" if evals else "-"
+        print(
+            f"{setting} seed {seed}: {rows[-1]['env_steps']} env steps, final eval_return {final}",
+            flush=True,
+        )
+    print(f"{setting}: {len(todo)} seed(s) in {seconds:.0f} s", flush=True)
 
 
 def run_study(
     configs: dict[str, nfn_rl.EPVFConfig], seeds: int, out: Path, *, progress: bool = True
 ) -> None:
-    """Train every setting's config (its `seed` replaced by 0 .. seeds-1) into `out`."""
-    for setting, base in configs.items():
-        for seed in range(seeds):
-            config = dataclasses.replace(base, seed=seed)
-            path = run_dir(out, setting, seed)
-            if is_complete(path, config):
-                print(f"{setting} seed {seed}: complete, skipped ({path})", flush=True)
-                continue
-            resume = _resumable(path / "checkpoint.eqx", config)
-            start = time.perf_counter()
-            nfn_rl.train(config, out_dir=path, resume=resume, progress=progress)
-            rows = read_metrics(path / "metrics.csv")
-            evals = [r["eval_return"] for r in rows if not math.isnan(r["eval_return"])]
-            final = f"{evals[-1]:.1f}" if evals else "-"
+    """Train every setting's config for seeds 0 .. seeds-1 into `out`, one program a setting."""
+    for setting, config in configs.items():
+        if (out / setting / "seed0").is_dir():
             print(
-                f"{setting} seed {seed}: {'resumed, ' if resume else ''}"
-                f"{time.perf_counter() - start:.0f} s, {rows[-1]['env_steps']} env steps, "
-                f"final eval_return {final}",
+                f"{setting}: {out / setting}/seed<k> is an older study's layout and is ignored; "
+                "this one uses seed_<k>",
                 flush=True,
             )
-
-
-def _resumable(checkpoint: Path, config: nfn_rl.EPVFConfig) -> bool:
-    """Whether a checkpoint exists short of the end (one at the end with lost metrics rows
-    cannot restore them: that run starts over)."""
-    if not checkpoint.is_file():
-        return False
-    with checkpoint.open("rb") as f:
-        header = json.loads(f.readline())
-    return header.get("iteration", config.iterations) < config.iterations
+        train_setting(out, setting, config, range(seeds), progress=progress)
 
 
 def load_curves(runs: Sequence[Path], metric: Metric) -> list[tuple[np.ndarray, ...]]:
@@ -114,7 +176,7 @@ def load_curves(runs: Sequence[Path], metric: Metric) -> list[tuple[np.ndarray, 
     recorded; runs with no such row yet are left out."""
     curves = []
     for run in runs:
-        rows = read_metrics(run / "metrics.csv", drop_incomplete=True)
+        rows = nfn_rl.read_metrics(run / "metrics.csv", drop_incomplete=True)
         rows = [r for r in rows if not math.isnan(r[metric])]
         if rows:
             columns = ("env_steps", "wall_s", metric)
@@ -137,14 +199,16 @@ def plot_groups(
     Seeds are interpolated onto a common grid (their episodes end at different steps), which
     spans only the range every seed covers. Groups named in `dashed` are drawn dashed.
     """
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    # A bare `Figure` draws with the Agg canvas and leaves pyplot's global state alone.
+    fig = Figure(figsize=(11, 4.2))
+    axes = fig.subplots(1, 2, sharey=True)
     for label, runs in groups.items():
         curves = load_curves(runs, metric)
         if not curves:
             print(f"{label}: no {metric} recorded yet, left out of the figure")
             continue
         color = None
-        for ax, column in zip(axes, (0, 1)):
+        for ax, column in zip(axes, (0, 1), strict=True):
             lo = max(c[column][0] for c in curves)
             hi = min(c[column][-1] for c in curves)
             grid = np.linspace(lo, hi, 200) if hi > lo else np.array([lo])
@@ -160,7 +224,7 @@ def plot_groups(
         for ax in axes:
             ax.axhline(max_return, color="gray", ls=":", lw=1)
     axes[0].set_xlabel("environment steps")
-    axes[1].set_xlabel("wall-clock time [s] (compilation included)")
+    axes[1].set_xlabel("wall-clock time [s] (all seeds of a run, compilation included)")
     axes[0].set_ylabel(METRIC_LABELS[metric])
     for ax in axes:
         ax.grid(alpha=0.3)
@@ -169,7 +233,6 @@ def plot_groups(
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=150)
-    plt.close(fig)
     print(f"saved {path}")
     return path
 
@@ -184,13 +247,15 @@ def run_and_plot(
 ) -> Path:
     """The body of every study script: keep the `--settings` chosen from `grid`, train what is
     missing (unless `--plot-only`), and draw the study's figure."""
+    if args.seeds < 1:
+        raise SystemExit(f"--seeds must be at least 1, got {args.seeds}")
     chosen = select(grid, args.settings)
     if not args.plot_only:
         run_study(chosen, args.seeds, args.out, progress=args.progress)
     any_config = next(iter(chosen.values()))
     groups = {
         (labels or {}).get(setting, setting): [
-            run_dir(args.out, setting, seed) for seed in range(args.seeds)
+            seed_dir(args.out, setting, seed) for seed in range(args.seeds)
         ]
         for setting in chosen
     }

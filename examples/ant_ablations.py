@@ -2,13 +2,14 @@
 
 Every name in `nfn_rl.ABLATIONS` is one change to the best setup (`best`): multiple policies, a 100x
 buffer, a fixed policy learning rate, noise scale 1.0, no weight clipping, clipped perturbations
-instead of clipped weights, Gaussian noise. One `nfn_rl.train` run per (ablation, seed) goes to
-OUT/<ablation>/seed<k>/; finished runs are skipped and interrupted ones resume, so rerunning a
-command continues the study. The figure, OUT/ant_ablations.png, shows the unperturbed policy's
-return against environment steps and wall-clock time (mean over seeds, min-max band).
+instead of clipped weights, Gaussian noise. Each ablation trains its seeds in one compiled
+program (`nfn_rl.train_seeds`), seed k into OUT/<ablation>/seed_<k>/; finished ablations are
+skipped and interrupted ones resume, so rerunning a command continues the study. The figure,
+OUT/ant_ablations.png, shows the unperturbed policy's return against environment steps and
+wall-clock time (mean over seeds, min-max band).
 
     python examples/ant_ablations.py                                  # paper scale, for a GPU
-    python examples/ant_ablations.py --preset cpu --seeds 2           # CPU-sized (~1 min a run)
+    python examples/ant_ablations.py --preset cpu --seeds 2           # CPU-sized (~2 min a setting)
     python examples/ant_ablations.py --preset smoke --seeds 1 --settings best no_weight_clip
 
 With `multiple_policies` the evaluation return is the mean over all trained policies.
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 import tyro
-from _study import Metric, Preset, enable_compile_cache, run_and_plot
+from _study import Metric, Preset, run_and_plot
 
 import nfn_rl
 
@@ -31,7 +32,7 @@ class Args:
     Attributes:
         preset: "paper" (the paper's scale, GPU), "cpu" (CPU-sized episodes and iterations) or
             "smoke" (a quick check that everything runs).
-        seeds: seeds 0 .. seeds-1 per setting.
+        seeds: seeds 0 .. seeds-1 per setting, trained in one compiled program.
         settings: run and plot only these ablations (names of `nfn_rl.ABLATIONS`); empty = all.
         critic: the critic of every run (the paper's default is the MLP on the flat parameters).
         num_envs: environments (= batch, and the buffer but for `buffer_100x`); None = the
@@ -40,7 +41,7 @@ class Args:
         metric: the plotted metric: "eval_return" (unperturbed policy) or "return_mean" (mean of
             the perturbed policies, the data).
         plot_only: don't train, only plot what OUT holds.
-        progress: show a progress bar per run.
+        progress: show a progress bar per setting.
         out: output folder.
     """
 
@@ -67,5 +68,5 @@ def main(args: Args) -> None:
 
 
 if __name__ == "__main__":
-    enable_compile_cache()
+    nfn_rl.enable_compilation_cache()
     main(tyro.cli(Args))

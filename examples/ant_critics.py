@@ -2,14 +2,15 @@
 
 Critics: `flat` (MLP on the flat policy parameters, the default), `probing` (MLP on the policy's
 actions on 200 learned probing states), `probing+params` (both), `unf` (UNF invariant features of
-the policy's weight space), `unf+params` (both). One `nfn_rl.train` run per (critic, seed) goes to
-OUT/<critic>/seed<k>/; finished runs are skipped and interrupted ones resume, so rerunning a command
-continues the study. The figure, OUT/ant_critics.png, shows the unperturbed policy's return against
-environment steps and wall-clock time (mean over seeds, min-max band). The PPO and SAC
-baselines are `examples/ant_baselines.py`; `examples/compare_ant.py` plots both kinds of run.
+the policy's weight space), `unf+params` (both). Each critic trains its seeds in one compiled
+program (`nfn_rl.train_seeds`), seed k into OUT/<critic>/seed_<k>/; finished critics are skipped
+and interrupted ones resume, so rerunning a command continues the study. The figure,
+OUT/ant_critics.png, shows the unperturbed policy's return against environment steps and
+wall-clock time (mean over seeds, min-max band). The PPO and SAC baselines are
+`examples/ant_baselines.py`; `examples/compare_ant.py` plots both kinds of run.
 
     python examples/ant_critics.py                                   # paper scale, for a GPU
-    python examples/ant_critics.py --preset cpu --seeds 2            # CPU-sized (1-3 min a run)
+    python examples/ant_critics.py --preset cpu --seeds 2            # CPU-sized (2-6 min a setting)
     python examples/ant_critics.py --preset smoke --seeds 1 --settings flat unf+params
 """
 
@@ -17,7 +18,7 @@ import dataclasses
 from pathlib import Path
 
 import tyro
-from _study import Metric, Preset, enable_compile_cache, run_and_plot
+from _study import Metric, Preset, run_and_plot
 
 import nfn_rl
 
@@ -31,14 +32,14 @@ class Args:
     Attributes:
         preset: "paper" (the paper's scale, GPU), "cpu" (CPU-sized episodes and iterations) or
             "smoke" (a quick check that everything runs).
-        seeds: seeds 0 .. seeds-1 per setting.
+        seeds: seeds 0 .. seeds-1 per setting, trained in one compiled program.
         settings: run and plot only these critics; empty = all five.
         num_envs: environments (= batch = buffer); None = the preset's.
         iterations: iterations per run; None = the preset's.
         metric: the plotted metric: "eval_return" (unperturbed policy) or "return_mean" (mean of
             the perturbed policies, the data).
         plot_only: don't train, only plot what OUT holds.
-        progress: show a progress bar per run.
+        progress: show a progress bar per setting.
         out: output folder.
     """
 
@@ -63,5 +64,5 @@ def main(args: Args) -> None:
 
 
 if __name__ == "__main__":
-    enable_compile_cache()
+    nfn_rl.enable_compilation_cache()
     main(tyro.cli(Args))

@@ -1,16 +1,17 @@
 """Paper Figure 2 (top left): EPVF on the MJX Ant with 256 ... 4096 parallel environments, where the
 batch size (and the buffer, the paper's recipe) equals the number of environments.
 
-One `nfn_rl.train` run per (number of environments, seed) goes to OUT/envs<N>/seed<k>/; finished
-runs are skipped and interrupted ones resume, so rerunning a command continues the study. The
-figure, OUT/ant_env_scaling.png, shows the unperturbed policy's return against environment steps
-and wall-clock time (mean over seeds, min-max band).
+Each number of environments trains its seeds in one compiled program (`nfn_rl.train_seeds`),
+seed k into OUT/envs<N>/seed_<k>/; finished settings are skipped and interrupted ones resume, so
+rerunning a command continues the study. The figure, OUT/ant_env_scaling.png, shows the
+unperturbed policy's return against environment steps and wall-clock time (mean over seeds,
+min-max band).
 
     python examples/ant_env_scaling.py                                # paper scale, for a GPU
     python examples/ant_env_scaling.py --preset cpu --num-envs 64 256 # CPU-sized
     python examples/ant_env_scaling.py --preset smoke --seeds 1 --settings envs256   # a check
 
-Cost: every run takes `iterations x N x horizon` environment steps; the `paper` preset's 4096
+Cost: every seed takes `iterations x N x horizon` environment steps; the `paper` preset's 4096
 setting is 250 x 4096 x 1000 = 1e9 steps (MJX on 2 CPU cores: ~6,000 steps/s, so a GPU job), the
 `cpu` preset's is 60 x 4096 x 200 = 4.9e7 (about 2 h on 2 CPU cores).
 """
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Literal
 
 import tyro
-from _study import Metric, Preset, enable_compile_cache, run_and_plot
+from _study import Metric, Preset, run_and_plot
 
 import nfn_rl
 
@@ -33,14 +34,14 @@ class Args:
         preset: "paper" (the paper's scale, GPU), "cpu" (CPU-sized episodes and iterations) or
             "smoke" (a quick check that everything runs).
         num_envs: the numbers of environments (= batch = buffer) to compare.
-        seeds: seeds 0 .. seeds-1 per setting.
+        seeds: seeds 0 .. seeds-1 per setting, trained in one compiled program.
         settings: run and plot only these settings (names envs<N>); empty = all.
         critic: the critic of every run (the paper's default is the MLP on the flat parameters).
         iterations: iterations per run; None = the preset's.
         metric: the plotted metric: "eval_return" (unperturbed policy) or "return_mean" (mean of
             the perturbed policies, the data).
         plot_only: don't train, only plot what OUT holds.
-        progress: show a progress bar per run.
+        progress: show a progress bar per setting.
         out: output folder.
     """
 
@@ -68,5 +69,5 @@ def main(args: Args) -> None:
 
 
 if __name__ == "__main__":
-    enable_compile_cache()
+    nfn_rl.enable_compilation_cache()
     main(tyro.cli(Args))

@@ -1,7 +1,8 @@
 """Paper Figure 1: EPVF on Cartpole with 1, 2, 4, 8, 16 parallel environments.
 
-For each number of environments, several seeds train side by side (the whole iteration is
-vmapped over seeds) until every seed has taken `--env-steps` environment steps. The plot shows the
+For each number of environments, the seeds train in one compiled program (seeds are data: the
+states of all seeds are stacked and each chunk runs them one after another, with the same metrics
+as separate runs) until every seed has taken `--env-steps` environment steps. The plot shows the
 mean return of the perturbed policies used for data collection (the paper's metric) against
 environment steps and against iterations: mean over seeds with a min-max band.
 
@@ -10,20 +11,17 @@ environment steps and against iterations: mean over seeds with a min-max band.
 
 import dataclasses
 import json
-import os
 import time
 from pathlib import Path
 
-import equinox as eqx
 import jax
-import matplotlib
+import jax.numpy as jnp
+import matplotlib.pyplot as plt
 import numpy as np
 import tyro
 
 import nfn_rl
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from nfn_rl.run._loop import init_states, run_chunk, seed_keys
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,12 +30,12 @@ class Args:
 
     Attributes:
         num_envs: the environment counts to compare.
-        seeds: seeds per environment count (trained in one vmapped batch).
+        seeds: seeds 0 .. seeds-1 per environment count (trained in one compiled program).
         env_steps: environment steps per seed.
         max_iterations: stop a setting after this many iterations even short of `env_steps`
             (bounds the time of the one-environment setting while its episodes are short).
         smoothing: iterations in the moving average of each seed's curve.
-        config: every other hyperparameter (num_envs, iterations and seed are set here).
+        config: every other hyperparameter (num_envs and iterations are set here).
         out: output folder for the figure and the raw curves.
     """
 
@@ -57,18 +55,15 @@ def run_setting(args: Args, num_envs: int) -> list[tuple[np.ndarray, np.ndarray]
     log_interval = args.config.log_interval
     bound = -(-args.env_steps // (8 * num_envs * log_interval)) * log_interval
     bound = min(bound, -(-args.max_iterations // log_interval) * log_interval)
-    configs = [
-        dataclasses.replace(args.config, num_envs=num_envs, iterations=bound, seed=seed)
-        for seed in range(args.seeds)
-    ]
-    trainer = nfn_rl.make_train(configs[0])
-    states = [nfn_rl.make_train(c).init() for c in configs]
-    state = jax.tree.map(lambda *xs: np.stack(xs), *states)
-    run_chunk = eqx.filter_jit(eqx.filter_vmap(trainer.run_chunk))
+    config = dataclasses.replace(args.config, num_envs=num_envs, iterations=bound)
+    trainer = nfn_rl.make_trainer(config)
+    states = init_states(trainer, seed_keys(list(range(args.seeds))))
+    # `run_chunk` donates the states, and an initial state may hold one array in two places.
+    states = jax.tree.map(jnp.copy, trainer.place(states))
     steps = np.zeros((args.seeds, 0), np.int64)
     returns = np.zeros((args.seeds, 0))
     while steps.shape[1] < bound and (steps.shape[1] == 0 or steps[:, -1].min() < args.env_steps):
-        state, metrics = run_chunk(state)
+        states, metrics = run_chunk(trainer, states, jnp.asarray(steps.shape[1], jnp.int32))
         total = steps[:, -1:] if steps.shape[1] else np.zeros((args.seeds, 1), np.int64)
         chunk_steps = total + np.cumsum(np.asarray(metrics["episode_steps"]), axis=1)
         steps = np.concatenate([steps, chunk_steps], axis=1)
@@ -124,8 +119,5 @@ def main(args: Args) -> None:
 
 
 if __name__ == "__main__":
-    jax.config.update(
-        "jax_compilation_cache_dir",
-        os.environ.get("JAX_COMPILATION_CACHE_DIR", str(Path.home() / ".cache/nfn/jax")),
-    )
+    nfn_rl.enable_compilation_cache()
     main(tyro.cli(Args))

@@ -3,13 +3,14 @@ bottom, where the baselines are dashed lines).
 
 Give it folders: every run directory below them (a folder with config.json and metrics.csv,
 written by `examples/ant_epvf_unf.py`, the study scripts or `examples/ant_baselines.py`) is
-read; runs whose configs differ only in the seed form one curve (mean with a min-max band),
-labelled "EPVF <critic>", "PPO" or "SAC". Both panels show the deterministic policy's return, one
-against environment steps and one against wall-clock time.
+read; runs with the same config (the seeds of one setting) form one curve (mean with a min-max
+band), labelled "EPVF <critic>", "PPO" or "SAC". Both panels show the deterministic policy's
+return, one against environment steps and one against wall-clock time. A run's wall-clock time is
+that of all the seeds trained in its program: compare methods trained with the same `--seeds`.
 
     python examples/ant_critics.py --preset cpu --seeds 2 --settings flat unf+params
-    python examples/ant_baselines.py --algo ppo --out runs/baselines/ppo/seed0
-    python examples/ant_baselines.py --algo sac --out runs/baselines/sac/seed0
+    python examples/ant_baselines.py --algo ppo --preset cpu --seeds 2 --out runs/baselines/ppo
+    python examples/ant_baselines.py --algo sac --preset cpu --seeds 2 --out runs/baselines/sac
     python examples/compare_ant.py runs/ant_critics runs/baselines --out runs/compare_ant.png
 """
 
@@ -52,12 +53,19 @@ def find_runs(roots: tuple[Path, ...]) -> dict[str, dict]:
     return runs
 
 
+def _algo(config: dict) -> str:
+    # Runs written before configs named their algorithm are EPVF runs.
+    return config.get("algo", "epvf")
+
+
 def label_of(config: dict) -> str:
-    return config["algo"].upper() if "algo" in config else f"EPVF {config['critic']}"
+    algo = _algo(config)
+    return f"EPVF {config['critic']}" if algo == "epvf" else algo.upper()
 
 
 def group_runs(runs: dict[str, dict]) -> tuple[dict[str, list[Path]], list[str]]:
-    """Curves: runs whose configs agree except for the seed; and the baselines' labels."""
+    """Curves: runs whose configs agree (a `seed` field, which older configs held, aside); and
+    the baselines' labels."""
     by_config: dict[str, list[Path]] = {}
     configs: dict[str, dict] = {}
     for path, config in runs.items():
@@ -68,17 +76,19 @@ def group_runs(runs: dict[str, dict]) -> tuple[dict[str, list[Path]], list[str]]
     groups, baselines = {}, []
     for key, label in zip(by_config, labels):
         if labels.count(label) > 1:
-            # Two settings of one method: name them by a folder that tells them apart.
-            label = f"{label} ({by_config[key][0].parent.name})"
+            # Two settings of one method: name them by the setting's folder (the parent of the
+            # seed_<k> or seed<k> run directories, else the run directory itself).
+            run = by_config[key][0]
+            label = f"{label} ({run.parent.name if run.name.startswith('seed') else run.name})"
         groups[label] = by_config[key]
-        if "algo" in configs[key]:
+        if _algo(configs[key]) != "epvf":
             baselines.append(label)
     return groups, baselines
 
 
 def main(args: Args) -> None:
     runs = find_runs(args.roots)
-    tasks = {(c["env"], c["horizon"]) for c in runs.values()}
+    tasks = {(c["env"], c.get("horizon")) for c in runs.values()}
     if len(tasks) > 1:
         raise SystemExit(
             f"the runs use different environments or horizons {sorted(tasks, key=str)}: "

@@ -1,0 +1,175 @@
+"""Seeds as data: several seeds in one process and one compiled program against one process per
+seed, on Cartpole, with a cold and with a warm persistent compilation cache.
+
+    python benchmarks/seeds_as_data.py [--seeds 3] [--iterations 100] [--log-interval 25]
+
+Every run is `python examples/cartpole_epvf.py` with the default `EPVFConfig` but `--iterations`
+and `--log-interval`, as a user would start it (fresh process: interpreter start, imports,
+compilation, training, the script's closing evaluation): once with `--seeds N` (the seeds train
+in one compiled program, `nfn_rl.train_seeds`), and N times with `--seed k` (one process per
+seed, one after another). The caches:
+
+- cold: every process gets its own empty `JAX_COMPILATION_CACHE_DIR`, as a first run does;
+- shared, cold at start: the N single-seed processes share one cache that starts empty, so the
+  later processes find the first one's compilations (the N-seed process is the cold row);
+- warm: the same commands again, on the caches the cold runs filled.
+
+Wall time is that of the processes (summed over the N single-seed processes); compile time is
+what JAX reports inside them (tracing, lowering to MLIR and XLA compilation or the cache read,
+summed over every jitted function). The last line compares the cold rows:
+`seeds as data (N seeds, cold cache): X.XXx faster than N single-seed processes`.
+Cost on 2 CPU cores: about 3 minutes for the defaults.
+"""
+
+import dataclasses
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import tyro
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "examples" / "cartpole_epvf.py"
+MARKER = "seeds_as_data_compile_s="
+
+# Runs the example as `__main__` after registering a listener that adds up JAX's compile-time
+# events, printed at exit (the example itself is unchanged).
+_WRAPPER = f"""
+import atexit, runpy, sys
+import jax
+
+EVENTS = (
+    "/jax/core/compile/jaxpr_trace_duration",
+    "/jax/core/compile/jaxpr_to_mlir_module_duration",
+    "/jax/core/compile/backend_compile_duration",
+)
+total = [0.0]
+
+def listen(event, duration, **kwargs):
+    if event in EVENTS:
+        total[0] += duration
+
+jax.monitoring.register_event_duration_secs_listener(listen)
+atexit.register(lambda: print("{MARKER}%.3f" % total[0], flush=True))
+sys.argv = sys.argv[1:]
+sys.path.insert(0, str(__import__("pathlib").Path(sys.argv[0]).parent))
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class Args:
+    """Attributes:
+    seeds: seeds 0 .. seeds-1.
+    iterations: `EPVFConfig.iterations` of every run.
+    log_interval: `EPVFConfig.log_interval` of every run (iterations per compiled chunk).
+    """
+
+    seeds: int = 3
+    iterations: int = 100
+    log_interval: int = 25
+
+
+@dataclasses.dataclass
+class Measured:
+    wall_s: float = 0.0
+    compile_s: float = 0.0
+    processes: int = 0
+
+
+def _run(args: Args, seed_flags: list[str], cache: Path, out: Path) -> Measured:
+    """One process of the example; its wall and compile seconds."""
+    command = [
+        sys.executable,
+        "-c",
+        _WRAPPER,
+        str(SCRIPT),
+        f"--config.iterations={args.iterations}",
+        f"--config.log-interval={args.log_interval}",
+        "--out",
+        str(out),
+        "--no-progress",
+        *seed_flags,
+    ]
+    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(cache))
+    start = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
+    wall = time.perf_counter() - start
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(command[3:])} failed:\n{result.stderr[-3000:]}")
+    compile_s = [
+        float(line.removeprefix(MARKER))
+        for line in result.stdout.splitlines()
+        if line.startswith(MARKER)
+    ]
+    return Measured(wall, compile_s[-1], 1)
+
+
+def _add(total: Measured, one: Measured) -> Measured:
+    return Measured(
+        total.wall_s + one.wall_s, total.compile_s + one.compile_s, total.processes + one.processes
+    )
+
+
+def main(args: Args) -> None:
+    print(
+        f"machine: {platform.platform()}, {os.cpu_count()} CPUs, "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
+    print(
+        f"cartpole_epvf.py, default EPVFConfig but iterations={args.iterations}, "
+        f"log_interval={args.log_interval}; seeds 0..{args.seeds - 1}"
+    )
+    seeds = range(args.seeds)
+    rows: dict[str, Measured] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        together_cache, shared_cache = tmp / "cache_together", tmp / "cache_shared"
+
+        def together(name: str, cache: Path) -> None:
+            rows[name] = _run(args, ["--seeds", str(args.seeds)], cache, tmp / name)
+            print(f"  {name}: {rows[name].wall_s:.1f} s", flush=True)
+
+        def apart(name: str, caches: list[Path]) -> None:
+            total = Measured()
+            for seed, cache in zip(seeds, caches, strict=True):
+                total = _add(
+                    total, _run(args, ["--seed", str(seed)], cache, tmp / name / str(seed))
+                )
+            rows[name] = total
+            print(f"  {name}: {total.wall_s:.1f} s", flush=True)
+
+        n = args.seeds
+        together(f"1 process, --seeds {n}, cold cache", together_cache)
+        apart(
+            f"{n} processes, --seed k, cold cache each",
+            [tmp / f"cache_{seed}" for seed in seeds],
+        )
+        apart(f"{n} processes, --seed k, shared cache (cold at start)", [shared_cache] * n)
+        together(f"1 process, --seeds {n}, warm cache", together_cache)
+        apart(f"{n} processes, --seed k, warm cache", [shared_cache] * n)
+
+    cold_together = rows[f"1 process, --seeds {n}, cold cache"]
+    width = max(map(len, rows))
+    print()
+    print(f"| {'run':{width}s} | processes | wall s | compile s | wall / 1-process cold |")
+    print(f"|{'-' * (width + 2)}|----------:|-------:|----------:|----------------------:|")
+    for name, m in rows.items():
+        print(
+            f"| {name:{width}s} | {m.processes:9d} | {m.wall_s:6.1f} | {m.compile_s:9.1f} | "
+            f"{m.wall_s / cold_together.wall_s:21.2f} |"
+        )
+    cold_apart = rows[f"{n} processes, --seed k, cold cache each"]
+    print()
+    print(
+        f"seeds as data ({n} seeds, cold cache): {cold_apart.wall_s / cold_together.wall_s:.2f}x "
+        f"faster than {n} single-seed processes"
+    )
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
