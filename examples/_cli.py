@@ -3,6 +3,7 @@ defaults, and the closing report of a run."""
 
 import argparse
 import dataclasses
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -18,23 +19,49 @@ import nfn_rl
 T = TypeVar("T")
 
 
-def parse(args_type: type[T], default_for: Callable[..., T], selectors: tuple[str, ...]) -> T:
+EVALUATE_FLAGS = ("--evaluate", "--out", "--progress", "--no-progress")
+"""The flags that apply under `--evaluate`: everything else comes from the checkpoint."""
+
+
+def parse(
+    args_type: type[T], default_for: Callable[..., T], selectors: tuple[str, ...], argv: list[str]
+) -> T:
     """`tyro.cli(args_type)` whose defaults come from the starting point the `selectors` flags
     (e.g. `--preset`, `--critic`) choose: `default_for(**selector values)`.
 
     Every config field is then a flag (`--config.num-envs 1024`) that overrides the preset.
+    Under `--evaluate` only `EVALUATE_FLAGS` are accepted.
     """
+    if "--evaluate" in argv:
+        for token in argv:
+            flag = token.split("=")[0]
+            if flag.startswith("--") and flag not in EVALUATE_FLAGS:
+                raise ValueError(
+                    f"{flag} does not apply under --evaluate: the config, seed and env steps "
+                    "come from the checkpoint"
+                )
     fields = {field.name: field.default for field in dataclasses.fields(args_type)}
     pre = argparse.ArgumentParser(add_help=False)
     for name in selectors:
         pre.add_argument("--" + name.replace("_", "-"), dest=name, default=fields[name])
-    chosen, _ = pre.parse_known_args(sys.argv[1:])
-    try:
-        default = default_for(**vars(chosen))
-    except ValueError as error:
-        raise SystemExit(f"error: {error}") from None
+    chosen, _ = pre.parse_known_args(argv)
+    default = default_for(**vars(chosen))
     # The default's own type: a subclass of `args_type` may narrow the config's type.
-    return tyro.cli(type(default), default=default)
+    return tyro.cli(type(default), default=default, args=argv)
+
+
+def run(main: Callable[[], None]) -> None:
+    """`main()`, with a bad value or an unusable run directory reported in one line naming the
+    field or file; `--debug` (or `NFN_RL_DEBUG=1`) shows the traceback instead."""
+    debug = "--debug" in sys.argv or os.environ.get("NFN_RL_DEBUG") == "1"
+    if "--debug" in sys.argv:
+        sys.argv.remove("--debug")
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as error:
+        if debug:
+            raise
+        raise SystemExit(f"error: {error} (--debug shows the traceback)") from None
 
 
 def report(out: Path, *, start: float) -> None:
@@ -47,7 +74,8 @@ def report(out: Path, *, start: float) -> None:
         best = trainer.env.max_return
         print(
             f"seed {header['seed']}: eval return {value:.1f} of {best:.0f} "
-            f"({100 * value / best:.0f}%) after {header['env_steps']:,} env steps; "
+            f"({100 * value / best:.0f}%) after {header['env_steps']:,} env steps "
+            f"(iteration {header['iteration']} of {trainer.config.iterations}); "
             f"{time.perf_counter() - start:.0f} s in this process; run in {run}"
         )
 

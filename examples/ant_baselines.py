@@ -10,6 +10,7 @@ evaluation as `examples/ant_epvf_unf.py`).
 """
 
 import dataclasses
+import sys
 import time
 from pathlib import Path
 from typing import Literal
@@ -33,6 +34,7 @@ class Args:
         seeds: how many seeds to train (seed, seed + 1, ...), in one compiled program.
         out: run directory; default runs/ant_<algo>.
         resume: continue the run(s) in OUT from their checkpoints.
+        overwrite: start over in OUT, moving a run there into OUT/replaced_<time>/.
         evaluate: don't train: load OUT's checkpoint(s) and report the policy's return.
         progress: show a progress bar.
     """
@@ -44,6 +46,7 @@ class Args:
     seeds: int = 1
     out: Path | None = None
     resume: bool = False
+    overwrite: bool = False
     evaluate: bool = False
     progress: bool = True
 
@@ -78,6 +81,7 @@ def main(args: Args) -> None:
             seeds=range(args.seed, args.seed + args.seeds),
             out_dir=out,
             resume=args.resume,
+            overwrite=args.overwrite,
             progress=args.progress,
         )
     _cli.report(out, start=start)
@@ -85,4 +89,4 @@ def main(args: Args) -> None:
 
 if __name__ == "__main__":
     nfn_rl.enable_compilation_cache()
-    main(_cli.parse(Args, default_args, ("algo", "preset")))
+    _cli.run(lambda: main(_cli.parse(Args, default_args, ("algo", "preset"), sys.argv[1:])))

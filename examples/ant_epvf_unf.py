@@ -2,7 +2,7 @@
 
     python examples/ant_epvf_unf.py                      # CPU-sized default (~3 min on 2 cores)
     python examples/ant_epvf_unf.py --preset paper       # the paper's scale, for a GPU
-    python examples/ant_epvf_unf.py --critic flat --config.num-envs 512 --out runs/ant_flat
+    python examples/ant_epvf_unf.py --critic flat --num-envs 512 --out runs/ant_flat
     python examples/ant_epvf_unf.py --seeds 3            # seeds 0, 1, 2 in one program
     python examples/ant_epvf_unf.py --out runs/ant_epvf_unf --resume   # continue a run
 
@@ -14,6 +14,7 @@ checkpoint.eqx and returns.png. Evaluate the trained policy of a run directory a
 """
 
 import dataclasses
+import sys
 import time
 from pathlib import Path
 from typing import Literal
@@ -32,12 +33,16 @@ class Args:
             "paper" (GPU).
         critic: starting config's critic reading the policy's parameters.
         ablation: starting config's change to the paper's recipe (default: the best setup).
+        num_envs: starting config's environments per iteration, which the recipe also makes
+            its batch and buffer (None: the preset's). `--config.num-envs` changes only the
+            environments.
         config: every EPVF hyperparameter, starting from the preset, critic and ablation.
         seed: the first seed.
         seeds: how many seeds to train (seed, seed + 1, ...), in one compiled program; each
             gets OUT/seed_<s> when there is more than one.
         out: run directory.
         resume: continue the run(s) in OUT from their checkpoints.
+        overwrite: start over in OUT, moving a run there into OUT/replaced_<time>/.
         evaluate: don't train: load OUT's checkpoint(s) and report the policy's return.
         progress: show a progress bar.
     """
@@ -45,18 +50,21 @@ class Args:
     preset: Literal["smoke", "cpu", "paper"] = "cpu"
     critic: Literal["flat", "probing", "probing+params", "unf", "unf+params"] = "unf+params"
     ablation: str = "best"
+    num_envs: int | None = None
     config: nfn_rl.EPVFConfig = nfn_rl.EPVFConfig()
     seed: int = 0
     seeds: int = 1
     out: Path = Path("runs/ant_epvf_unf")
     resume: bool = False
+    overwrite: bool = False
     evaluate: bool = False
     progress: bool = True
 
 
-def default_args(preset: str, critic: str, ablation: str) -> Args:
-    config = nfn_rl.ant_config(preset, critic=critic, ablation=ablation)
-    return Args(preset=preset, critic=critic, ablation=ablation, config=config)
+def default_args(preset: str, critic: str, ablation: str, num_envs: str | None) -> Args:
+    overrides = {} if num_envs is None else {"num_envs": int(num_envs)}
+    config = nfn_rl.ant_config(preset, critic=critic, ablation=ablation, **overrides)
+    return Args(preset=preset, critic=critic, ablation=ablation, config=config, **overrides)
 
 
 def main(args: Args) -> None:
@@ -67,6 +75,7 @@ def main(args: Args) -> None:
             seeds=range(args.seed, args.seed + args.seeds),
             out_dir=args.out,
             resume=args.resume,
+            overwrite=args.overwrite,
             progress=args.progress,
         )
     _cli.report(args.out, start=start)
@@ -74,4 +83,10 @@ def main(args: Args) -> None:
 
 if __name__ == "__main__":
     nfn_rl.enable_compilation_cache()
-    main(_cli.parse(Args, default_args, ("preset", "critic", "ablation")))
+    _cli.run(
+        lambda: main(
+            _cli.parse(
+                Args, default_args, ("preset", "critic", "ablation", "num_envs"), sys.argv[1:]
+            )
+        )
+    )

@@ -9,6 +9,7 @@ with the same metrics as N single-seed runs.
 import time
 from pathlib import Path
 
+import _cli
 import equinox as eqx
 import jax
 import tyro
@@ -24,6 +25,7 @@ def main(
     seeds: int = 1,
     out: Path = Path("runs/cartpole_epvf"),
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool = True,
 ) -> None:
     """Train an EPVF on Cartpole and record the run(s) in OUT.
@@ -34,12 +36,18 @@ def main(
         seeds: how many seeds to train (seed, seed + 1, ...).
         out: run directory.
         resume: continue from the checkpoint(s) in OUT.
+        overwrite: start over in OUT, moving a run there into OUT/replaced_<time>/.
         progress: show a progress bar.
     """
     start = time.perf_counter()
     seed_list = list(range(seed, seed + seeds))
     trainer, states = nfn_rl.train_seeds(
-        config, seeds=seed_list, out_dir=out, resume=resume, progress=progress
+        config,
+        seeds=seed_list,
+        out_dir=out,
+        resume=resume,
+        overwrite=overwrite,
+        progress=progress,
     )
     dirs = nfn_rl.run.run_dirs(out, seed_list)
     keys = jax.random.split(jax.random.key(12345), 100)
@@ -60,4 +68,4 @@ def _returns(env, policy, keys):
 
 if __name__ == "__main__":
     nfn_rl.enable_compilation_cache()
-    tyro.cli(main)
+    _cli.run(lambda: tyro.cli(main))

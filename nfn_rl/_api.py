@@ -47,6 +47,7 @@ def train_seeds(
     seeds: Sequence[int],
     out_dir: str | os.PathLike,
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool = True,
     on_chunk: Callable[[int], None] | None = None,
 ) -> tuple[Trainer, PyTree]:
@@ -58,12 +59,16 @@ def train_seeds(
     (cumulative), `wall_s` (since the start of the training loop, compilation included, spread
     evenly within a chunk), `return_mean`/`return_max` over the finite returns of the
     episodes of that iteration (NaN if none), `eval_return` (the trained policy, every
-    `eval_interval` iterations, else NaN), `critic_loss`, `policy_lr`, `nonfinite_returns` and
-    `skipped_updates` (steps skipped for non-finite gradients). A seed's rows are the same
-    whichever seeds train beside it.
+    `eval_interval` iterations, else NaN), `evaluated` (1 where an evaluation ran),
+    `critic_loss`, `policy_lr`, `nonfinite_returns` and `skipped_updates` (steps skipped for
+    non-finite gradients). A seed's rows are the same whichever seeds train beside it.
 
-    With `resume=True` each seed continues from its checkpoint and reproduces an uninterrupted
-    run's metrics (all but `wall_s`). `env` replaces the config's environment (pass it again on
+    A directory that holds a run is refused unless `resume=True` (continue it) or
+    `overwrite=True` (move its files into a `replaced_<time>` folder and start over). Every row
+    carries its run's `run_id`. With `resume=True` each seed continues from its checkpoint and
+    reproduces an uninterrupted run's metrics (all but `wall_s`); rows lost from `metrics.csv`
+    are rebuilt by replaying the run (their `wall_s` is NaN), and a finished run is left as it
+    is. `env` replaces the config's environment (pass it again on
     resume). `on_chunk(iteration)` is called after each chunk's metrics are written. Returns
     the trainer and the final states, stacked on a leading seed axis.
     """
@@ -73,6 +78,7 @@ def train_seeds(
         seeds=seeds,
         out_dir=out_dir,
         resume=resume,
+        overwrite=overwrite,
         progress=progress,
         desc=config.algo.upper(),
         on_chunk=on_chunk,
@@ -87,6 +93,7 @@ def train(
     seed: int = 0,
     out_dir: str | os.PathLike,
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool = True,
     on_chunk: Callable[[int], None] | None = None,
 ) -> tuple[Trainer, TrainState]:
@@ -98,6 +105,7 @@ def train(
         seeds=(seed,),
         out_dir=out_dir,
         resume=resume,
+        overwrite=overwrite,
         progress=progress,
         on_chunk=on_chunk,
     )

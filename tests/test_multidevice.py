@@ -56,7 +56,7 @@ def _run(out_dir: str) -> dict:
     leaves = jax.tree.leaves(state)
     return {
         "devices": jax.device_count(),
-        "metrics": {k: [r[k] for r in rows] for k in rows[0] if k != "wall_s"},
+        "metrics": {k: [r[k] for r in rows] for k in rows[0] if k not in ("wall_s", "run_id")},
         "returns_devices": len(returns.sharding.device_set),
         "returns_shards": sorted(tuple(s.data.shape) for s in returns.addressable_shards),
         "state_devices": sorted({len(x.sharding.device_set) for x in leaves}),

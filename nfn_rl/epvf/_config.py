@@ -127,3 +127,11 @@ class EPVFConfig(TrainConfig):
         check_bool(owner, "multiple_policies", self.multiple_policies)
         if self.batch_size > self.buffer_size:
             fail(owner, "batch_size", f"must be <= buffer_size={self.buffer_size}")
+        pairs = self.iterations * self.num_envs
+        if self.batch_size > pairs:
+            fail(
+                owner,
+                "batch_size",
+                f"must be <= the {pairs} (policy, return) pairs the run can ever collect "
+                "(iterations * num_envs)",
+            )

@@ -178,7 +178,7 @@ class EPVFTrainer(Trainer):
         self, state: EPVFState, *, key: PRNGKeyArray
     ) -> tuple[EPVFState, Float[Array, ""]]:
         """`critic_steps` Adam steps on batches from the buffer; returns the new state and the
-        mean loss over the finite steps (NaN if none was)."""
+        mean loss over the finite steps (NaN if none was, or the buffer is empty)."""
         optimizer = _critic_optimizer(self.config)
 
         def loss_fn(critic, params, returns, valid):
@@ -194,6 +194,8 @@ class EPVFTrainer(Trainer):
             )
             loss, grads = jax.value_and_grad(loss_fn)(critic, params, returns, valid)
             updates, opt_state = optimizer.update(grads, opt_state, critic)
+            # An empty buffer fits nothing: its loss is NaN, not 0.
+            loss = jnp.where(jnp.any(valid), loss, jnp.nan)
             return (optax.apply_updates(critic, updates), opt_state), loss
 
         keys = jax.random.split(key, self.config.critic_steps)

@@ -1,6 +1,8 @@
-"""Checkpoints: a JSON header line (format, algorithm config, seed, progress), then the state
-serialised by `eqx.tree_serialise_leaves`."""
+"""Checkpoints that prove their integrity: a JSON header line (format, algorithm config, seed,
+run id, progress, and the length and sha256 of the payload), then the state serialised by
+`eqx.tree_serialise_leaves`."""
 
+import hashlib
 import importlib.metadata
 import io
 import json
@@ -12,7 +14,11 @@ import equinox as eqx
 import jax
 from jaxtyping import PyTree
 
-CHECKPOINT_FORMAT = "nfn_rl.checkpoint/2"
+CHECKPOINT_FORMAT = "nfn_rl.checkpoint/3"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: missing, corrupt, or written for another run."""
 
 
 def nfn_version() -> str:
@@ -24,27 +30,37 @@ def nfn_version() -> str:
 
 def save_checkpoint(path: Path, state: PyTree, header: dict[str, Any]) -> None:
     """Write the header line, then the serialised state; atomically replaces `path`."""
-    buffer = io.BytesIO()
-    buffer.write((json.dumps({"format": CHECKPOINT_FORMAT, **header}) + "\n").encode())
-    eqx.tree_serialise_leaves(buffer, state)
+    payload = io.BytesIO()
+    eqx.tree_serialise_leaves(payload, state)
+    payload = payload.getvalue()
+    header = {
+        "format": CHECKPOINT_FORMAT,
+        **header,
+        "payload_bytes": len(payload),
+        "payload_sha256": hashlib.sha256(payload).hexdigest(),
+    }
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(buffer.getvalue())
+    tmp.write_bytes((json.dumps(header) + "\n").encode() + payload)
     os.replace(tmp, path)
 
 
-def read_header(path: str | os.PathLike) -> dict[str, Any]:
-    """The JSON header of a checkpoint written by `save_checkpoint`."""
-    path = Path(path)
+def _split(path: Path) -> tuple[dict[str, Any], bytes]:
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    with path.open("rb") as f:
-        try:
-            header = json.loads(f.readline())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            header = None
+    data = path.read_bytes()
+    line, _, payload = data.partition(b"\n")
+    try:
+        header = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        header = None
     if not isinstance(header, dict) or header.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not an nfn_rl checkpoint in format {CHECKPOINT_FORMAT}")
-    return header
+        raise CheckpointError(f"{path}: not an nfn_rl checkpoint in format {CHECKPOINT_FORMAT}")
+    return header, payload
+
+
+def read_header(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON header of a checkpoint written by `save_checkpoint` (payload not verified)."""
+    return _split(Path(path))[0]
 
 
 def _json_normal(fields: dict[str, Any]) -> dict[str, Any]:
@@ -52,12 +68,22 @@ def _json_normal(fields: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_checkpoint(path: str | os.PathLike, trainer) -> tuple[PyTree, dict[str, Any]]:
-    """The state and header at `path`, after checking it was written for `trainer.config`."""
+    """The state and header at `path`, after checking the payload's length and sha256, that it
+    was written for `trainer.config`, and that the state is at the header's iteration. Every
+    error names the file and the problem."""
     path = Path(path)
-    header = read_header(path)
+    header, payload = _split(path)
+    expected = header.get("payload_bytes")
+    if len(payload) != expected:
+        problem = "truncated" if len(payload) < expected else "followed by unexpected bytes"
+        raise CheckpointError(
+            f"{path}: payload is {problem} ({len(payload)} bytes, the header says {expected})"
+        )
+    if hashlib.sha256(payload).hexdigest() != header.get("payload_sha256"):
+        raise CheckpointError(f"{path}: payload does not match its sha256: the file is corrupt")
     stored, given = header["config"], _json_normal(trainer.config.to_dict())
     if stored.get("algo") != given["algo"]:
-        raise ValueError(
+        raise CheckpointError(
             f"{path} holds a {stored.get('algo')!r} run, not a {given['algo']!r} run: the "
             "algorithms differ"
         )
@@ -67,9 +93,17 @@ def load_checkpoint(path: str | os.PathLike, trainer) -> tuple[PyTree, dict[str,
             for name in sorted(set(stored) | set(given))
             if stored.get(name) != given.get(name)
         }
-        raise ValueError(f"{path}: config differs from the checkpoint's (stored, given): {diff}")
+        raise CheckpointError(
+            f"{path}: config differs from the checkpoint's (stored, given): {diff}"
+        )
     like = eqx.filter_eval_shape(trainer.init, jax.random.key(0))
-    with path.open("rb") as f:
-        f.readline()
-        state = eqx.tree_deserialise_leaves(f, like)
+    try:
+        state = eqx.tree_deserialise_leaves(io.BytesIO(payload), like)
+    except Exception as error:  # The payload's own format is equinox's; name the file.
+        raise CheckpointError(f"{path}: the state does not deserialise: {error}") from error
+    if int(state.iteration) != header["iteration"]:
+        raise CheckpointError(
+            f"{path}: the state is at iteration {int(state.iteration)}, the header says "
+            f"{header['iteration']}"
+        )
     return state, header

@@ -1,10 +1,17 @@
 """The host loop every trainer shares: all seeds in one compiled program, jitted chunks of
 iterations, one run directory per seed (`config.json`, `metrics.csv`, `checkpoint.eqx`,
-`returns.png`), resume, and a progress bar."""
+`returns.png`), resume, and a progress bar.
 
+A run directory holds one run: a fresh run refuses a directory that holds one, every metrics
+row carries its run's id, and a resume keeps exactly that run's rows, rebuilding missing ones by
+replaying the run from its start."""
+
+import datetime
 import math
 import os
 import time
+import uuid
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -19,6 +26,16 @@ from nfn_rl.run._checkpoint import load_checkpoint, nfn_version, save_checkpoint
 from nfn_rl.run._report import METRIC_COLUMNS, append_metrics, plot_returns, read_metrics
 from nfn_rl.run._trainer import Trainer
 
+RUN_FILES = ("config.json", "metrics.csv", "checkpoint.eqx", "checkpoint.eqx.tmp", "returns.png")
+"""The files a run writes in its directory."""
+
+# The columns the trainer's metrics fill (the host adds the run id, iteration, steps and time).
+_TRAINER_COLUMNS = METRIC_COLUMNS[4:]
+
+
+class RunDirectoryError(ValueError):
+    """A run directory that cannot be used as asked (it holds another run, or rows are lost)."""
+
 
 def run_dirs(out_dir: str | os.PathLike, seeds: Sequence[int]) -> list[Path]:
     """The run directory of each seed: `out_dir` itself for one seed, else `out_dir/seed_<s>`."""
@@ -26,6 +43,11 @@ def run_dirs(out_dir: str | os.PathLike, seeds: Sequence[int]) -> list[Path]:
     if len(seeds) == 1:
         return [out]
     return [out / f"seed_{seed}" for seed in seeds]
+
+
+def holds_run(path: Path) -> bool:
+    """Whether `path` holds (part of) a run."""
+    return any((path / name).exists() for name in RUN_FILES)
 
 
 def _check_seeds(seeds: Sequence[int]) -> tuple[int, ...]:
@@ -77,6 +99,79 @@ def _seed_state(states: PyTree, index: int) -> PyTree:
     return jax.tree.map(lambda x: np.asarray(x[index]), states)
 
 
+def _fresh_states(trainer: Trainer, seeds: tuple[int, ...]) -> PyTree:
+    # A chunk donates its states, and one buffer must not be donated twice: an initial state may
+    # hold one array in two places (an observation that is the physics state, or target networks
+    # that start as the networks).
+    states = init_states(trainer, seed_keys(seeds))
+    return jax.tree.map(jnp.copy, trainer.place(states))
+
+
+def _rows(metrics: dict, index: int, start: int, run_id: str, env_steps: int, walls) -> list[dict]:
+    """The metrics rows of seed number `index` for a chunk that began at iteration `start`."""
+    rows = []
+    for j, wall in enumerate(walls):
+        env_steps += int(metrics["episode_steps"][index, j])
+        row = {"run_id": run_id, "iteration": start + j, "env_steps": env_steps, "wall_s": wall}
+        row |= {name: metrics[name][index, j].item() for name in _TRAINER_COLUMNS}
+        rows.append(row)
+    return rows
+
+
+def _move_aside(path: Path) -> Path:
+    """Move the run files in `path` into a new `path/replaced_<UTC time>/`; returns it."""
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    aside = path / f"replaced_{stamp}"
+    aside.mkdir()
+    for name in RUN_FILES:
+        if (path / name).exists():
+            os.replace(path / name, aside / name)
+    return aside
+
+
+def _kept_rows(path: Path, run_id: str, done: int) -> list[dict]:
+    """The rows of run `run_id` in `path/metrics.csv` before iteration `done`, as long as they
+    form the contiguous prefix 0, 1, ...; what comes after a gap is dropped."""
+    rows = [
+        r
+        for r in read_metrics(path / "metrics.csv", drop_incomplete=True)
+        if r["run_id"] == run_id and r["iteration"] < done
+    ]
+    kept = []
+    for row in rows:
+        if row["iteration"] != len(kept):
+            break
+        kept.append(row)
+    return kept
+
+
+def _replay_rows(trainer, seeds, run_ids, done, loaded_states) -> list[list[dict]]:
+    """Every seed's rows of iterations `[0, done)`, rebuilt by training again from the start
+    (training is deterministic); `wall_s` is NaN, the lost time. Raises unless the replay ends
+    bitwise at the checkpoints' states."""
+    config = trainer.config
+    states = _fresh_states(trainer, seeds)
+    rows = [[] for _ in seeds]
+    env_steps = [0] * len(seeds)
+    nan_walls = [math.nan] * config.log_interval
+    for start in range(0, done, config.log_interval):
+        states, metrics = run_chunk(trainer, states, jnp.asarray(start, jnp.int32))
+        metrics = jax.device_get(metrics)
+        for s, run_id in enumerate(run_ids):
+            chunk = _rows(metrics, s, start, run_id, env_steps[s], nan_walls)
+            env_steps[s] = chunk[-1]["env_steps"]
+            rows[s] += chunk
+    replayed, stored = jax.device_get((states, loaded_states))
+    for a, b in zip(jax.tree.leaves(replayed), jax.tree.leaves(stored), strict=True):
+        if not np.array_equal(a, b):
+            raise RunDirectoryError(
+                "metrics rows are missing and replaying the run does not reproduce its "
+                "checkpoint (another code or library version?), so they cannot be rebuilt; "
+                "start over with overwrite=True (--overwrite)"
+            )
+    return rows
+
+
 def run_training(
     trainer: Trainer,
     *,
@@ -85,73 +180,99 @@ def run_training(
     resume: bool,
     progress: bool,
     desc: str,
+    overwrite: bool = False,
     on_chunk: Callable[[int], None] | None = None,
 ) -> PyTree:
     """Train every seed from scratch (or from its checkpoint with `resume`) to
     `config.iterations` in one compiled program, recording each seed's run in its directory
     (`run_dirs`); returns the final states, stacked on a leading seed axis.
 
-    A seed's metrics and state do not depend on which other seeds train beside it.
+    A fresh run refuses a directory that holds a run, unless `overwrite` (which moves that
+    run's files into a `replaced_<time>` folder inside it). A resume keeps the rows of the
+    checkpoint's run up to the checkpoint and rebuilds any that are missing by replaying the
+    run from its start; a finished run resumed trains nothing and loses nothing. A seed's
+    metrics and state do not depend on which other seeds train beside it.
     """
     config = trainer.config
     seeds = _check_seeds(seeds)
     dirs = run_dirs(out_dir, seeds)
     config_json = config.to_json()
+    if resume and overwrite:
+        raise ValueError("resume and overwrite exclude each other: continue a run or replace it")
     if resume:
         loaded = [load_checkpoint(d / "checkpoint.eqx", trainer) for d in dirs]
         for (_, header), seed, d in zip(loaded, seeds, dirs, strict=True):
             if header["seed"] != seed:
-                raise ValueError(
+                raise RunDirectoryError(
                     f"{d / 'checkpoint.eqx'} holds seed {header['seed']}, not seed {seed}"
                 )
         iterations = {header["iteration"] for _, header in loaded}
         if len(iterations) > 1:
-            raise ValueError(
+            raise RunDirectoryError(
                 f"the seeds' checkpoints are at different iterations {sorted(iterations)}; "
                 "resume them separately"
             )
-        states = _stack([state for state, _ in loaded])
+        done = iterations.pop()
+        states = trainer.place(_stack([state for state, _ in loaded]))
+        run_ids = [header["run_id"] for _, header in loaded]
         env_steps = [header["env_steps"] for _, header in loaded]
         wall_offset = max(header["wall_s"] for _, header in loaded)
-        done = iterations.pop()
-        for d in dirs:
-            # Rows written after the checkpoint belong to the lost part of the run.
-            rows = read_metrics(d / "metrics.csv", drop_incomplete=True)
-            append_metrics(
-                d / "metrics.csv", [r for r in rows if r["iteration"] < done], fresh=True
-            )
+        kept = [_kept_rows(d, run_id, done) for d, run_id in zip(dirs, run_ids, strict=True)]
+        if any(len(rows) < done for rows in kept):
+            kept = _replay_rows(trainer, seeds, run_ids, done, states)
+        for d, rows in zip(dirs, kept, strict=True):
+            append_metrics(d / "metrics.csv", rows, fresh=True)
+        if done == config.iterations:
+            for d in dirs:
+                if not (d / "returns.png").is_file():
+                    plot_returns(read_metrics(d / "metrics.csv"), d / "returns.png")
+            return states
+        states = jax.tree.map(jnp.copy, states)
     else:
-        states = init_states(trainer, seed_keys(seeds))
+        for d in dirs:
+            if holds_run(d):
+                if not overwrite:
+                    raise RunDirectoryError(
+                        f"{d} holds a run already: resume it (resume=True, --resume) or replace "
+                        "it (overwrite=True, --overwrite)"
+                    )
+                _move_aside(d)
+        states = _fresh_states(trainer, seeds)
+        run_ids = [uuid.uuid4().hex for _ in seeds]
         env_steps, wall_offset, done = [0] * len(seeds), 0.0, 0
         for d in dirs:
             d.mkdir(parents=True, exist_ok=True)
             append_metrics(d / "metrics.csv", [], fresh=True)
     for d in dirs:
         (d / "config.json").write_text(config_json + "\n")
-    # A chunk donates its states, and one buffer must not be donated twice: an initial state may
-    # hold one array in two places (an observation that is the physics state, or target networks
-    # that start as the networks).
-    states = jax.tree.map(jnp.copy, trainer.place(states))
 
     bar = tqdm(total=config.iterations, initial=done, unit="it", desc=desc) if progress else None
     start, wall = time.perf_counter(), wall_offset
+    warned = False
     while done < config.iterations:
         states, metrics = run_chunk(trainer, states, jnp.asarray(done, jnp.int32))
         metrics = jax.device_get(metrics)
         previous_wall, wall = wall, wall_offset + time.perf_counter() - start
+        # One timing per chunk; iterations inside it are spread evenly.
+        walls = [
+            previous_wall + (wall - previous_wall) * (j + 1) / config.log_interval
+            for j in range(config.log_interval)
+        ]
         chunk_rows = []
         for s, d in enumerate(dirs):
-            rows = []
-            for j in range(config.log_interval):
-                env_steps[s] += int(metrics["episode_steps"][s, j])
-                row = {"iteration": done + j, "env_steps": env_steps[s]}
-                # One timing per chunk; iterations inside it are spread evenly.
-                fraction = (j + 1) / config.log_interval
-                row["wall_s"] = previous_wall + (wall - previous_wall) * fraction
-                row |= {name: metrics[name][s, j].item() for name in METRIC_COLUMNS[3:]}
-                rows.append(row)
+            rows = _rows(metrics, s, done, run_ids[s], env_steps[s], walls)
+            env_steps[s] = rows[-1]["env_steps"]
             append_metrics(d / "metrics.csv", rows)
             chunk_rows.append(rows)
+        if not warned and _critic_never_stepped(metrics):
+            warned = True
+            warnings.warn(
+                f"{desc}: every critic step of iterations {done}-{done + config.log_interval - 1}"
+                " was skipped for a non-finite loss or gradient: the critic is not learning "
+                "(check the rewards and the learning rates)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         done += config.log_interval
         if bar is not None:
             bar.update(config.log_interval)
@@ -161,6 +282,7 @@ def run_training(
                 header = {
                     "config": config.to_dict(),
                     "seed": seed,
+                    "run_id": run_ids[s],
                     "nfn_version": nfn_version(),
                     "iteration": done,
                     "env_steps": env_steps[s],
@@ -176,10 +298,18 @@ def run_training(
     return states
 
 
+def _critic_never_stepped(metrics: dict) -> bool:
+    """Whether some seed's critic had no finite step in the whole chunk: its loss is NaN on
+    every iteration while steps were skipped (a NaN loss alone also means "not yet updating")."""
+    loss_nan = np.all(np.isnan(metrics["critic_loss"]), axis=1)
+    skipped = np.all(metrics["skipped_updates"] > 0, axis=1)
+    return bool(np.any(loss_nan & skipped))
+
+
 def _progress(metrics: dict, chunk_rows: list[list[dict]], seconds: float) -> dict[str, str]:
-    """The progress bar's postfix: steps/s of all seeds, and the last returns of seed order 0."""
+    """The progress bar's postfix: steps/s of all seeds, and the last returns of the first."""
     rows = chunk_rows[0]
-    evals = [r["eval_return"] for r in rows if not math.isnan(r["eval_return"])]
+    evals = [r["eval_return"] for r in rows if r["evaluated"]]
     returns = [r["return_mean"] for r in rows if not math.isnan(r["return_mean"])]
     return {
         "steps_per_s": f"{int(np.sum(metrics['episode_steps'])) / max(seconds, 1e-9):.3g}",

@@ -2,21 +2,28 @@
 
 import csv
 import math
+import os
 from pathlib import Path
 
 METRIC_COLUMNS = (
+    "run_id",
     "iteration",
     "env_steps",
     "wall_s",
     "return_mean",
     "return_max",
     "eval_return",
+    "evaluated",
     "critic_loss",
     "policy_lr",
     "nonfinite_returns",
     "skipped_updates",
 )
-_INT_COLUMNS = {"iteration", "env_steps", "nonfinite_returns", "skipped_updates"}
+"""The columns of `metrics.csv`. `run_id` names the run a row belongs to; `evaluated` is 1 on
+the iterations with an evaluation (whose `eval_return` may still be NaN: a non-finite
+evaluation), 0 elsewhere."""
+_INT_COLUMNS = {"iteration", "env_steps", "evaluated", "nonfinite_returns", "skipped_updates"}
+_STR_COLUMNS = {"run_id"}
 
 
 def append_metrics(path: Path, rows: list[dict], *, fresh: bool = False) -> None:
@@ -26,24 +33,44 @@ def append_metrics(path: Path, rows: list[dict], *, fresh: bool = False) -> None
         if fresh:
             writer.writeheader()
         writer.writerows(rows)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _parse(row: dict) -> dict:
+    parsed = {}
+    for key, value in row.items():
+        if key is None or value is None:
+            raise ValueError("a row with missing or extra fields")
+        if key in _STR_COLUMNS:
+            parsed[key] = value
+        elif key in _INT_COLUMNS:
+            parsed[key] = int(value)
+        else:
+            parsed[key] = float(value)
+    return parsed
 
 
 def read_metrics(path: Path, *, drop_incomplete: bool = False) -> list[dict]:
     """The rows of a `metrics.csv`, with integer and float columns parsed.
 
-    With `drop_incomplete`, rows that do not parse (a write cut short by a kill) are left out
-    instead of raising.
+    With `drop_incomplete`, rows that do not parse, and a last line without its newline (a
+    write cut short by a kill, which may still parse), are left out instead of raising.
     """
+    path = Path(path)
     if not path.is_file():
         return []
+    text = path.read_text()
+    lines = text.splitlines(keepends=True)
+    if drop_incomplete and lines and not lines[-1].endswith("\n"):
+        lines = lines[:-1]
     rows = []
-    with path.open(newline="") as f:
-        for row in csv.DictReader(f):
-            try:
-                rows.append({k: int(v) if k in _INT_COLUMNS else float(v) for k, v in row.items()})
-            except (TypeError, ValueError):
-                if not drop_incomplete:
-                    raise
+    for row in csv.DictReader(lines):
+        try:
+            rows.append(_parse(row))
+        except (TypeError, ValueError) as error:
+            if not drop_incomplete:
+                raise ValueError(f"{path}: unreadable row {row}: {error}") from error
     return rows
 
 

@@ -23,7 +23,8 @@ UPDATE_METRICS = (
     "nonfinite_returns",
     "skipped_updates",
 )
-"""The metrics `Trainer.update` returns; `Trainer.iteration` adds `eval_return`."""
+"""The metrics `Trainer.update` returns; `Trainer.iteration` adds `eval_return` and
+`evaluated`."""
 
 
 class TrainState(eqx.Module):
@@ -101,6 +102,7 @@ class Trainer(eqx.Module):
         metrics["eval_return"] = jax.lax.cond(
             evaluate, lambda: self.evaluate(state, key=eval_key), lambda: jnp.full((), jnp.nan)
         )
+        metrics["evaluated"] = evaluate.astype(jnp.int32)
         state = eqx.tree_at(lambda s: s.iteration, state, state.iteration + 1)
         return state, metrics
 
