@@ -6,8 +6,9 @@ Layout: `OUT/<setting>/seed_<k>/` holds seed k's run (config.json, metrics.csv, 
 returns.png); the figure goes to `OUT/<name>.png`. Rerunning the same command continues a study:
 a setting whose every seed has all its iterations is skipped; the seeds still to train resume
 from their checkpoints when those are all at the same iteration short of the end, and otherwise
-start over (with a message saying why). Seeds added later (a larger `--seeds`) train on their own
-next to the finished ones; a seed's metrics do not depend on which seeds train beside it.
+start over (with a message saying why; the unfinished run's files move into `replaced_<time>/`
+inside its directory). Seeds added later (a larger `--seeds`) train on their own next to the
+finished ones; a seed's metrics do not depend on which seeds train beside it.
 
 On the wall-clock axis, a setting's seeds share one program and run one after another within
 each chunk: its `wall_s` is the time of all of them together (compilation included), so compare
@@ -135,16 +136,21 @@ def train_setting(
     if not todo:
         return
     dirs = [seed_dir(out, setting, s) for s in todo]
-    if not resume:
-        # A stale checkpoint would otherwise sit beside the new run until its first checkpoint.
-        for d in dirs:
-            for name in ("checkpoint.eqx", "checkpoint.eqx.tmp"):
-                (d / name).unlink(missing_ok=True)
     # One seed trains into its run directory itself, several into OUT/<setting>/seed_<k>.
     target = dirs[0] if len(todo) == 1 else out / setting
     assert nfn_rl.run.run_dirs(target, todo) == dirs
     start = time.perf_counter()
-    nfn_rl.train_seeds(config, seeds=todo, out_dir=target, resume=resume, progress=progress)
+    if resume:
+        try:
+            nfn_rl.train_seeds(config, seeds=todo, out_dir=target, resume=True, progress=progress)
+        except ValueError as error:
+            # A corrupt checkpoint, or lost rows that a replay cannot rebuild: refused before
+            # anything is written.
+            print(f"{setting}: cannot resume ({error}); starting over from iteration 0", flush=True)
+            resume = False
+    if not resume:
+        # `overwrite` moves an unfinished run's files into `replaced_<time>/` in its directory.
+        nfn_rl.train_seeds(config, seeds=todo, out_dir=target, overwrite=True, progress=progress)
     seconds = time.perf_counter() - start
     for seed, d in zip(todo, dirs, strict=True):
         rows = nfn_rl.read_metrics(d / "metrics.csv")

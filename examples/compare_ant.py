@@ -46,7 +46,9 @@ def find_runs(roots: tuple[Path, ...]) -> dict[str, dict]:
         if not root.is_dir():
             raise SystemExit(f"{root} is not a folder")
         for config_file in sorted(root.rglob("config.json")):
-            if (config_file.parent / "metrics.csv").is_file():
+            # Runs that were started over are kept in replaced_<time> folders: not compared.
+            replaced = any(p.startswith("replaced_") for p in config_file.relative_to(root).parts)
+            if not replaced and (config_file.parent / "metrics.csv").is_file():
                 runs[str(config_file.parent)] = json.loads(config_file.read_text())
     if not runs:
         raise SystemExit(f"no run directories (config.json + metrics.csv) below {roots}")
