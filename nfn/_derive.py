@@ -6,6 +6,7 @@ from typing import Any, Literal
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from nfn._spec import WeightSpace
 
@@ -36,6 +37,32 @@ _ELEMENTWISE: frozenset[Callable] = frozenset(
     }
 )
 
+
+def _commutes_with_permutations(fn: Callable, width: int) -> bool:
+    """Whether `fn`, applied to a whole vector of `width` neurons, commutes with permuting them.
+
+    Known elementwise functions do. Anything else is probed on a random vector with a
+    transposition and a full cycle, which generate every permutation of `width` entries; a
+    function that raises, changes the shape or fails the probe may mix neurons, so it is treated
+    as a barrier. A probe can wrongly accept only a function that happens to commute at this one
+    random point.
+    """
+    if any(fn is known for known in _ELEMENTWISE) or width <= 1:
+        return True
+    x = np.random.default_rng(0).standard_normal(width).astype(np.float32)
+    generators = [np.roll(np.arange(width), 1), np.r_[1, 0, np.arange(2, width)]]
+    try:
+        y = np.asarray(fn(jnp.asarray(x)))
+        if y.shape != x.shape:
+            return False
+        return all(
+            np.allclose(np.asarray(fn(jnp.asarray(x[p]))), y[p], rtol=1e-5, atol=1e-6)
+            for p in generators
+        )
+    except Exception:
+        return False
+
+
 _HOW_TO = (
     "build the spec by hand and call nfn.WeightSpace.from_spec(eqx.filter(model, eqx.is_array), "
     "spec) instead (see the spec guide in the docs)"
@@ -57,8 +84,7 @@ def _walk(module: Any, builder: "_ChainBuilder", path: str) -> None:
         bias_dims = 0 if module.bias is None else module.bias.ndim - 1
         builder.linear_like(module.weight, module.bias, extra_dims=spatial, bias_dims=bias_dims)
     elif isinstance(module, eqx.nn.MLP):
-        for k, layer in enumerate(module.layers):
-            _walk(layer, builder, f"{path}.layers[{k}]")
+        _walk_mlp(module, builder, path)
     elif isinstance(module, eqx.nn.Sequential):
         for k, layer in enumerate(module.layers):
             _walk(layer, builder, f"{path}.layers[{k}]")
@@ -73,6 +99,46 @@ def _walk(module: Any, builder: "_ChainBuilder", path: str) -> None:
             f"supported are eqx.nn.Linear, MLP, Sequential, Conv1d/2d/3d, Lambda, Identity and "
             f"Dropout; {_HOW_TO}"
         )
+
+
+def _walk_mlp(module: eqx.nn.MLP, builder: "_ChainBuilder", path: str) -> None:
+    if module.scan and module.depth >= 2:
+        # The hidden layers are one Linear stacked along a leading layer axis, whose rows
+        # would each need their own permutation id.
+        raise ValueError(
+            f"nfn.weight_space cannot derive the symmetry of an eqx.nn.MLP built with scan=True "
+            f"at {path}; build it with scan=False, or {_HOW_TO}"
+        )
+    # Equinox keeps a learned activation's parameters once per hidden neuron, stacked over the
+    # hidden layers: shape (depth, width, ...). Row k belongs to layer k's neurons, so with more
+    # than one hidden layer the axis needs a different id per row: not expressible, so those
+    # neurons are fixed.
+    learned = jax.tree_util.tree_leaves(eqx.filter(module.activation, eqx.is_array))
+    learned_final = jax.tree_util.tree_leaves(eqx.filter(module.final_activation, eqx.is_array))
+    mixing = not learned and not _commutes_with_permutations(module.activation, module.width_size)
+    last = len(module.layers) - 1
+    for k, layer in enumerate(module.layers):
+        _walk(layer, builder, f"{path}.layers[{k}]")
+        if k == last:
+            break
+        if len(module.layers) == 2 and learned:
+            for array in learned:
+                builder.neuron_parameter(array, leading=1)
+        elif learned or mixing:
+            builder.barrier()
+    if len(module.layers) > 2:
+        for array in learned:
+            builder.fixed(array)
+    if module.out_size == "scalar":
+        for array in learned_final:
+            builder.fixed(array)
+        return
+    for array in learned_final:
+        builder.neuron_parameter(array, leading=0)
+    if not learned_final and not _commutes_with_permutations(
+        module.final_activation, module.out_size
+    ):
+        builder.barrier()
 
 
 class _ChainBuilder:
@@ -114,12 +180,36 @@ class _ChainBuilder:
         if bias is not None:
             self.pending.append((bias, lambda out: (out,) + (None,) * bias_dims))
 
+    def neuron_parameter(self, array, *, leading: int) -> None:
+        """A per-neuron parameter of the current layer's output neurons (after `leading` axes)."""
+        trailing = array.ndim - leading - 1
+        self.pending.append((array, lambda out: (None,) * leading + (out,) + (None,) * trailing))
+
+    def fixed(self, array) -> None:
+        self.spec[id(array)] = (None,) * array.ndim
+
     def barrier(self) -> None:
         self._resolve(None)
         self.input_id = None
 
     def finish(self) -> None:
         self._resolve(self._boundary())
+
+
+def _check_no_shared_arrays(leaves_with_path: list) -> None:
+    # The derivation keys axes by array identity, and a permutation acts on each leaf on its own:
+    # one array at two leaves (a tied layer) would take one leaf's axes for both, and permuting
+    # would untie the copies.
+    first_path: dict[int, str] = {}
+    for path, leaf in leaves_with_path:
+        name = jax.tree_util.keystr(path)
+        if id(leaf) in first_path:
+            raise ValueError(
+                f"nfn.weight_space: leaf {name} is the same array as leaf {first_path[id(leaf)]} "
+                f"(a shared, tied parameter); weight spaces need one array per leaf. Untie the "
+                f"layers, or {_HOW_TO}"
+            )
+        first_path[id(leaf)] = name
 
 
 def weight_space(model: Any, *, io: Literal["fixed", "permuted"] = "fixed") -> WeightSpace:
@@ -137,18 +227,24 @@ def weight_space(model: Any, *, io: Literal["fixed", "permuted"] = "fixed") -> W
       of neural functionals).
 
     **Raises:** `ValueError` for an unsupported module (the message says how to write a spec by
-    hand instead) or an unknown `io`.
+    hand instead), an array shared by two leaves (tied layers), or an unknown `io`.
 
     A `Lambda` whose function is not a known elementwise activation (`jax.nn.relu`, `jnp.tanh`,
-    ...) may mix neurons (e.g. a flatten), so the neurons on both of its sides are fixed.
+    ...) may mix neurons (e.g. a flatten), so the neurons on both of its sides are fixed. An
+    `MLP`'s activations see a vector of known width, so any activation that commutes with
+    permuting that vector (checked on a random vector) keeps the symmetry; others are barriers
+    too. A learned activation's per-neuron parameters follow their neurons when the MLP has one
+    hidden layer; with more, its hidden neurons are fixed (its parameters are stacked over
+    layers, one axis that would need a permutation per row). `scan=True` MLPs are not supported.
     """
     if io not in ("fixed", "permuted"):
         raise ValueError(f"io must be 'fixed' or 'permuted', got {io!r}")
+    params = eqx.filter(model, eqx.is_array)
+    leaves_with_path = jax.tree_util.tree_flatten_with_path(params)[0]
+    _check_no_shared_arrays(leaves_with_path)
     builder = _ChainBuilder(io)
     _walk(model, builder, type(model).__name__)
     builder.finish()
-    params = eqx.filter(model, eqx.is_array)
-    leaves_with_path = jax.tree_util.tree_flatten_with_path(params)[0]
     for path, leaf in leaves_with_path:
         if id(leaf) not in builder.spec:
             raise ValueError(
