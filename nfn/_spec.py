@@ -205,6 +205,14 @@ class WeightSpace:
             f"ids {self.sizes})\n{self.table()}"
         )
 
+    def __reduce__(self):
+        # A PyTreeDef of an Equinox module does not survive pickling equal to itself (its
+        # metadata holds a sentinel object that unpickles as a new object). A skeleton (the
+        # structure with leaf numbers as leaves) pickles as ordinary objects and flattens back
+        # to the same structure, so the space compares equal after a round trip.
+        skeleton = jax.tree_util.tree_unflatten(self.treedef, list(range(len(self.leaves))))
+        return (_from_skeleton, (skeleton, self.leaves))
+
     def unflatten(self, leaves: list[Any]) -> Any:
         """Rebuild a pytree of this space's structure from leaves in leaf order."""
         return jax.tree_util.tree_unflatten(self.treedef, leaves)
@@ -217,10 +225,8 @@ class WeightSpace:
         """
         tree_leaves, treedef = jax.tree_util.tree_flatten(tree)
         if treedef != self.treedef:
-            raise ValueError(
-                f"{name} do not have the structure of the weight space: expected {self.treedef}, "
-                f"got {treedef}"
-            )
+            difference = _first_difference(self.treedef, treedef, "")
+            raise ValueError(f"{name} do not have the structure of the weight space: {difference}")
         channel_count = None
         for leaf, x in zip(self.leaves, tree_leaves):
             if not hasattr(x, "shape"):
@@ -261,3 +267,63 @@ def _structure_mismatch(params: Any, spec: Any) -> str:
     if not details:
         details.append("the containers differ (e.g. a list against a tuple, or module types)")
     return "spec does not have the structure of params; " + "; ".join(details)
+
+
+def _from_skeleton(skeleton: Any, leaves: tuple[LeafSpace, ...]) -> WeightSpace:
+    return WeightSpace(jax.tree_util.tree_structure(skeleton), leaves)
+
+
+def _child_names(node_type: type, data: Any, count: int) -> list[str]:
+    """Key-path names of a pytree node's children, as `jax.tree_util.keystr` writes them."""
+    if node_type is dict and isinstance(data, list | tuple) and len(data) == count:
+        return [f"[{key!r}]" for key in data]
+    if dataclasses.is_dataclass(node_type):
+        dynamic = [f.name for f in dataclasses.fields(node_type) if not f.metadata.get("static")]
+        if len(dynamic) == count:
+            return [f".{name}" for name in dynamic]
+    return [f"[{k}]" for k in range(count)]
+
+
+def _static_difference(node_type: type, expected: Any, got: Any) -> str:
+    if dataclasses.is_dataclass(node_type) and isinstance(expected, tuple):
+        static = [f.name for f in dataclasses.fields(node_type) if f.metadata.get("static")]
+        if static and len(expected) == len(got) >= len(static):
+            # Equinox keeps the static field values last, in field order.
+            pairs = zip(static, expected[-len(static) :], got[-len(static) :])
+            diffs = [f"{field} expected {a!r}, got {b!r}" for field, a, b in pairs if a != b]
+            if diffs:
+                return ", ".join(diffs)
+    return f"metadata expected {expected!r}, got {got!r}"
+
+
+def _first_difference(expected: Any, got: Any, path: str) -> str:
+    """Where two PyTreeDefs first differ, in one line (expected values first)."""
+    where = f"at {path}" if path else "at the root"
+    expected_data, got_data = expected.node_data(), got.node_data()
+    if expected_data is None or got_data is None:
+        if expected_data is None and got_data is None:
+            return f"{where}: the structures differ"
+        kind = "an array leaf" if expected_data is None else expected_data[0].__name__
+        found = "an array leaf" if got_data is None else got_data[0].__name__
+        return f"{where}: expected {kind}, got {found}"
+    (expected_type, expected_aux), (got_type, got_aux) = expected_data, got_data
+    if expected_type is not got_type:
+        return f"{where}: expected a {expected_type.__name__}, got a {got_type.__name__}"
+    expected_children, got_children = expected.children(), got.children()
+    if expected_aux != got_aux or len(expected_children) != len(got_children):
+        if expected_type is dict:
+            missing = sorted(set(expected_aux) - set(got_aux), key=str)
+            extra = sorted(set(got_aux) - set(expected_aux), key=str)
+            return f"{where}: missing keys {missing}, unexpected keys {extra}"
+        if len(expected_children) != len(got_children) and expected_aux == got_aux:
+            return (
+                f"{where}: {expected_type.__name__} with {len(got_children)} entries, expected "
+                f"{len(expected_children)}"
+            )
+        detail = _static_difference(expected_type, expected_aux, got_aux)
+        return f"{where}: {expected_type.__name__} differs: {detail}"
+    names = _child_names(expected_type, expected_aux, len(expected_children))
+    for name, a, b in zip(names, expected_children, got_children):
+        if a != b:
+            return _first_difference(a, b, path + name)
+    return f"{where}: the structures differ"
