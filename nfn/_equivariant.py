@@ -4,6 +4,7 @@ import dataclasses
 import math
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
@@ -283,6 +284,46 @@ class EquivariantLinear(eqx.Module):
             stds.append(row_stds[:, None].astype(dtype))
         pooled, *coupled = normal_arrays(key, tuple(shapes), tuple(stds), dtype)
         return pooled, tuple(coupled)
+
+    def with_space(
+        self, space: WeightSpace, out_space: WeightSpace | None = None
+    ) -> "EquivariantLinear":
+        """This layer, with the same parameters, acting between spaces of other hidden widths.
+
+        The parameters depend only on the spaces' leaves, axes, fixed sizes and channels, not on
+        the sizes of permuted axes (terms average, they do not sum), so a layer trained on
+        networks of one width applies to networks of another.
+
+        **Arguments:**
+
+        - `space`: the new input space; see [`nfn.WeightSpace.check_transferable_to`][].
+        - `out_space`: the new output space; by default `space` if this layer maps a space to
+          itself, else required.
+        """
+        if out_space is None:
+            if self.out_space != self.space:
+                raise ValueError(
+                    "this layer maps between two different spaces; pass the new out_space too"
+                )
+            out_space = space
+        self.space.check_transferable_to(space)
+        self.out_space.check_transferable_to(out_space)
+        shell = eqx.filter_eval_shape(
+            EquivariantLinear,
+            space,
+            self.in_channels,
+            self.out_channels,
+            out_space=out_space,
+            use_bias=self.bias is not None,
+            dtype=self.pooled_weight.dtype,
+            key=jax.random.key(0),
+        )
+        return eqx.tree_at(
+            lambda m: (m.pooled_weight, m.bias, m.coupled_weights),
+            shell,
+            (self.pooled_weight, self.bias, self.coupled_weights),
+            is_leaf=lambda x: x is None,
+        )
 
     @property
     def pooling(self) -> Pooling:

@@ -213,6 +213,32 @@ class WeightSpace:
         skeleton = jax.tree_util.tree_unflatten(self.treedef, list(range(len(self.leaves))))
         return (_from_skeleton, (skeleton, self.leaves))
 
+    def check_transferable_to(self, other: "WeightSpace") -> None:
+        """Check that layers built for this space can act on `other`: the same leaves in the same
+        order with the same axes and the same fixed-axis sizes; only the sizes of permuted axes
+        (hidden widths) may differ.
+
+        **Raises:** `ValueError` naming the first leaf and axis that differ.
+        """
+        if len(self.leaves) != len(other.leaves):
+            raise ValueError(
+                f"cannot move to a weight space with {len(other.leaves)} leaves from one with "
+                f"{len(self.leaves)}; only the sizes of permuted axes may change"
+            )
+        for old, new in zip(self.leaves, other.leaves):
+            if old.axes != new.axes:
+                raise _leaf_error(
+                    new.path, f"axes {new.axes} differ from {old.axes} (leaf {old.path})"
+                )
+            for axis in new.fixed_positions:
+                if old.shape[axis] != new.shape[axis]:
+                    raise _leaf_error(
+                        new.path,
+                        f"fixed axis {axis} has size {new.shape[axis]} instead of "
+                        f"{old.shape[axis]}; fixed axes are mixed densely, so their sizes "
+                        "cannot change",
+                    )
+
     def unflatten(self, leaves: list[Any]) -> Any:
         """Rebuild a pytree of this space's structure from leaves in leaf order."""
         return jax.tree_util.tree_unflatten(self.treedef, leaves)
