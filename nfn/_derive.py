@@ -1,6 +1,6 @@
 """Derive the weight space of an Equinox model from its layers."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import equinox as eqx
@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from nfn._blocks import Residual
 from nfn._spec import WeightSpace
 
 # Functions applied entry by entry: they commute with any permutation of neurons, so neurons on
@@ -70,6 +71,10 @@ _HOW_TO = (
 
 
 def _walk(module: Any, builder: "_ChainBuilder", path: str) -> None:
+    for cls, describe in builder.hooks.items():
+        if isinstance(module, cls):
+            _walk(describe(module), builder, path)
+            return
     if isinstance(module, eqx.nn.Linear):
         builder.linear_like(module.weight, module.bias, extra_dims=0, bias_dims=0)
     elif isinstance(module, eqx.nn.Conv):
@@ -91,13 +96,28 @@ def _walk(module: Any, builder: "_ChainBuilder", path: str) -> None:
     elif isinstance(module, eqx.nn.Lambda):
         if not any(module.fn is fn for fn in _ELEMENTWISE):
             builder.barrier()
-    elif isinstance(module, eqx.nn.Identity | eqx.nn.Dropout):
+    elif isinstance(module, eqx.nn.Identity | eqx.nn.Dropout | eqx.nn.Pool | eqx.nn.AdaptivePool):
+        # Pooling acts on each channel's spatial positions separately.
         pass
+    elif isinstance(module, eqx.nn.LayerNorm):
+        # Mean and variance over all entries do not change when the leading (neuron or
+        # channel) axis is permuted; the elementwise affine parameters follow that axis.
+        for array in (module.weight, module.bias):
+            if array is not None:
+                if array.ndim == 0:
+                    builder.fixed(array)
+                else:
+                    builder.neuron_parameter(array, leading=0)
+    elif isinstance(module, eqx.nn.Embedding):
+        builder.embedding(module.weight)
+    elif isinstance(module, Residual):
+        builder.residual(lambda: _walk(module.body, builder, f"{path}.body"))
     else:
         raise ValueError(
             f"nfn.weight_space cannot derive the symmetry of {type(module).__name__} at {path}: "
-            f"supported are eqx.nn.Linear, MLP, Sequential, Conv1d/2d/3d, Lambda, Identity and "
-            f"Dropout; {_HOW_TO}"
+            f"supported are eqx.nn.Linear, MLP, Sequential, Conv1d/2d/3d, Embedding, LayerNorm, "
+            f"pooling layers, Lambda, Identity, Dropout and nfn.Residual (describe other modules "
+            f"with `hooks=`), or {_HOW_TO}"
         )
 
 
@@ -148,42 +168,81 @@ class _ChainBuilder:
     permutation id. The chain's input and output neurons are fixed (`io="fixed"`, the true
     symmetry) or get their own ids (`io="permuted"`). An unknown `Lambda` is a barrier: the
     neurons on both of its sides are fixed, since it may mix them.
+
+    Ids are provisional while walking: a residual connection adds two groups of neurons entry by
+    entry, so their ids are merged afterwards (union-find), and merging with a fixed group fixes
+    the whole class. `spec_of` gives the final axes, ids renumbered in order of creation.
     """
 
-    def __init__(self, io: str):
+    def __init__(self, io: str, hooks: Mapping[type, Callable[[Any], Any]]):
         self.io = io
+        self.hooks = dict(hooks)
         self.spec: dict[int, tuple] = {}
         self.next_id = 0
+        self.parent: dict[int, int] = {}
+        self.fixed_roots: set[int] = set()
         self.input_id: int | None = self._boundary()
         self.pending: list[tuple[Any, Callable[[int | None], tuple]]] = []
-        self.seen_layer = False
+        self.numbers: dict[int, int] = {}
 
     def _fresh(self) -> int:
         self.next_id += 1
+        self.parent[self.next_id - 1] = self.next_id - 1
         return self.next_id - 1
 
     def _boundary(self) -> int | None:
         return self._fresh() if self.io == "permuted" else None
+
+    def _find(self, pid: int) -> int:
+        while self.parent[pid] != pid:
+            self.parent[pid] = self.parent[self.parent[pid]]
+            pid = self.parent[pid]
+        return pid
+
+    def merge(self, a: int | None, b: int | None) -> None:
+        """The neurons with ids `a` and `b` are permuted together (None: they are fixed)."""
+        if a is None and b is None:
+            return
+        if a is None or b is None:
+            self.fixed_roots.add(self._find(a if b is None else b))
+            return
+        ra, rb = sorted((self._find(a), self._find(b)))
+        if ra != rb:
+            self.parent[rb] = ra
+            if rb in self.fixed_roots:
+                self.fixed_roots.add(ra)
 
     def _resolve(self, out_id: int | None) -> None:
         for array, axes in self.pending:
             self.spec[id(array)] = axes(out_id)
         self.pending = []
 
-    def linear_like(self, weight, bias, *, extra_dims: int, bias_dims: int) -> None:
+    def close(self) -> int | None:
+        """Give the pending layer's outputs an id: the id of the neurons the chain is now at."""
         if self.pending:
-            hidden = self._fresh()
-            self._resolve(hidden)
-            self.input_id = hidden
-        in_id = self.input_id
+            self.input_id = self._fresh()
+            self._resolve(self.input_id)
+        return self.input_id
+
+    def linear_like(self, weight, bias, *, extra_dims: int, bias_dims: int) -> None:
+        in_id = self.close()
         self.pending.append((weight, lambda out: (out, in_id) + (None,) * extra_dims))
         if bias is not None:
             self.pending.append((bias, lambda out: (out,) + (None,) * bias_dims))
 
+    def embedding(self, weight) -> None:
+        # A linear map of a one-hot input stored transposed: (vocabulary, out).
+        in_id = self.close()
+        self.pending.append((weight, lambda out: (in_id, out)))
+
     def neuron_parameter(self, array, *, leading: int) -> None:
-        """A per-neuron parameter of the current layer's output neurons (after `leading` axes)."""
+        """A per-neuron parameter of the current neurons (after `leading` axes)."""
         trailing = array.ndim - leading - 1
-        self.pending.append((array, lambda out: (None,) * leading + (out,) + (None,) * trailing))
+        axes = lambda out: (None,) * leading + (out,) + (None,) * trailing  # noqa: E731
+        if self.pending:
+            self.pending.append((array, axes))
+        else:
+            self.spec[id(array)] = axes(self.input_id)
 
     def fixed(self, array) -> None:
         self.spec[id(array)] = (None,) * array.ndim
@@ -192,8 +251,27 @@ class _ChainBuilder:
         self._resolve(None)
         self.input_id = None
 
+    def residual(self, walk_body: Callable[[], None]) -> None:
+        """`x + body(x)`: the body's output neurons are the stream's neurons."""
+        stream = self.close()
+        walk_body()
+        self.merge(self.close(), stream)
+        self.input_id = stream
+
     def finish(self) -> None:
         self._resolve(self._boundary())
+        # Final ids: the classes still permuted, numbered in order of creation.
+        used = {self._find(p) for axes in self.spec.values() for p in axes if p is not None}
+        self.numbers = {root: k for k, root in enumerate(sorted(used - self.fixed_roots))}
+
+    def spec_of(self, array) -> tuple:
+        return tuple(self._final(pid) for pid in self.spec[id(array)])
+
+    def _final(self, pid: int | None) -> int | None:
+        if pid is None:
+            return None
+        root = self._find(pid)
+        return None if root in self.fixed_roots else self.numbers[root]
 
 
 def _check_no_shared_arrays(leaves_with_path: list) -> None:
@@ -212,11 +290,19 @@ def _check_no_shared_arrays(leaves_with_path: list) -> None:
         first_path[id(leaf)] = name
 
 
-def weight_space(model: Any, *, io: Literal["fixed", "permuted"] = "fixed") -> WeightSpace:
+def weight_space(
+    model: Any,
+    *,
+    io: Literal["fixed", "permuted"] = "fixed",
+    hooks: Mapping[type, Callable[[Any], Any]] | None = None,
+) -> WeightSpace:
     """The weight space of an Equinox model's array leaves (`eqx.filter(model, eqx.is_array)`).
 
     Supports `eqx.nn.Linear`, `eqx.nn.MLP`, `eqx.nn.Conv1d/2d/3d` (kernel spatial axes fixed),
-    and `eqx.nn.Sequential` chains of those with `Lambda`-wrapped activations, `Identity` and
+    `eqx.nn.Embedding`, `eqx.nn.LayerNorm` (its weight and bias follow the neurons or channels
+    of their leading axis), pooling layers (`MaxPool2d`, `AvgPool1d`, `AdaptiveAvgPool2d`, ...:
+    per channel, so they pass the channels through), [`nfn.Residual`][] blocks, and
+    `eqx.nn.Sequential` chains of those with `Lambda`-wrapped activations, `Identity` and
     `Dropout`, with or without biases. Neurons between two layers are permuted together.
 
     **Arguments:**
@@ -225,6 +311,12 @@ def weight_space(model: Any, *, io: Literal["fixed", "permuted"] = "fixed") -> W
     - `io`: `"fixed"` (default) gives the true symmetry: the network's input and output neurons
       are not permuted. `"permuted"` also permutes them, each with its own id (the "NP" setting
       of neural functionals).
+    - `hooks`: how to read modules of other types: `{MyBlock: describe}`, where
+      `describe(block)` returns the same computation written with supported modules that hold
+      the block's own arrays (not copies), e.g.
+      `lambda b: nfn.Residual(eqx.nn.Sequential([b.up, eqx.nn.Lambda(jax.nn.relu), b.down]))`
+      for a block computing `x + down(relu(up(x)))`. Hooks are checked before the built-in
+      rules, so they may also override them.
 
     **Raises:** `ValueError` for an unsupported module (the message says how to write a spec by
     hand instead), an array shared by two leaves (tied layers), or an unknown `io`.
@@ -236,13 +328,15 @@ def weight_space(model: Any, *, io: Literal["fixed", "permuted"] = "fixed") -> W
     too. A learned activation's per-neuron parameters follow their neurons when the MLP has one
     hidden layer; with more, its hidden neurons are fixed (its parameters are stacked over
     layers, one axis that would need a permutation per row). `scan=True` MLPs are not supported.
+    In a residual block the stream and the block's output share one id; if the block ends in a
+    barrier, the stream is fixed wherever it appears.
     """
     if io not in ("fixed", "permuted"):
         raise ValueError(f"io must be 'fixed' or 'permuted', got {io!r}")
     params = eqx.filter(model, eqx.is_array)
     leaves_with_path = jax.tree_util.tree_flatten_with_path(params)[0]
     _check_no_shared_arrays(leaves_with_path)
-    builder = _ChainBuilder(io)
+    builder = _ChainBuilder(io, hooks or {})
     _walk(model, builder, type(model).__name__)
     builder.finish()
     for path, leaf in leaves_with_path:
@@ -251,5 +345,5 @@ def weight_space(model: Any, *, io: Literal["fixed", "permuted"] = "fixed") -> W
                 f"nfn.weight_space found no symmetry for array {jax.tree_util.keystr(path)} "
                 f"of {type(model).__name__}; {_HOW_TO}"
             )
-    spec = jax.tree_util.tree_map(lambda leaf: builder.spec[id(leaf)], params)
+    spec = jax.tree_util.tree_map(builder.spec_of, params)
     return WeightSpace.from_spec(params, spec)

@@ -138,3 +138,229 @@ def test_scan_mlp_is_rejected_clearly():
     mlp = eqx.nn.MLP(3, 2, 4, 3, scan=True, key=KEY)
     with raises_naming("scan=True", "MLP", "WeightSpace.from_spec"):
         nfn.weight_space(mlp)
+
+
+# --------------------------------------------------------------------------- more layer types
+
+
+def _keys(seed, n):
+    return list(jax.random.split(jax.random.key(seed), n))
+
+
+@st.composite
+def pooled_conv_nets(draw):
+    """Conv -> relu -> pool -> conv, 1d or 2d, with every kind of pooling layer."""
+    dims = draw(st.sampled_from([1, 2]))
+    conv = eqx.nn.Conv1d if dims == 1 else eqx.nn.Conv2d
+    pools = {
+        1: [
+            eqx.nn.MaxPool1d(2),
+            eqx.nn.AvgPool1d(2, stride=1),
+            eqx.nn.AdaptiveAvgPool1d(3),
+            eqx.nn.AdaptiveMaxPool1d(2),
+        ],
+        2: [
+            eqx.nn.MaxPool2d(2),
+            eqx.nn.AvgPool2d(2, stride=1),
+            eqx.nn.AdaptiveAvgPool2d((3, 3)),
+            eqx.nn.AdaptiveMaxPool2d(2),
+        ],
+    }[dims]
+    pool = draw(st.sampled_from(pools))
+    c = [draw(st.integers(1, 4)) for _ in range(3)]
+    k = _keys(draw(st.integers(0, 2**30)), 2)
+    model = eqx.nn.Sequential(
+        [
+            conv(c[0], c[1], 3, padding="SAME", key=k[0]),
+            eqx.nn.Lambda(jax.nn.relu),
+            pool,
+            conv(c[1], c[2], 1, key=k[1]),
+        ]
+    )
+    return model, (c[0],) + (6,) * dims
+
+
+@settings(max_examples=6, deadline=None)
+@given(pooled_conv_nets(), st.integers(0, 2**30))
+def test_pooling_passes_channels_through(drawn, seed):
+    model, input_shape = drawn
+    space = nfn.weight_space(model)
+    assert space.sizes == {0: model.layers[0].out_channels}
+    perm, x = host_permutation(space, seed), host_normal(seed, (2, *input_shape))
+    assert_close_scaled(*_original_and_permuted(model, space, perm, x))
+
+
+@st.composite
+def layer_norm_nets(draw):
+    h = draw(st.integers(2, 6))
+    k = _keys(draw(st.integers(0, 2**30)), 3)
+    use_weight, use_bias = draw(st.booleans()), draw(st.booleans())
+
+    def norm(shape):
+        ln = eqx.nn.LayerNorm(shape, use_weight=use_weight, use_bias=use_bias)
+        # Distinct per-entry affine parameters, so a wrong action would show.
+        rng = np.random.default_rng(draw(st.integers(0, 2**30)))
+        for name in ("weight", "bias"):
+            if getattr(ln, name) is not None:
+                value = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+                ln = eqx.tree_at(lambda m, name=name: getattr(m, name), ln, value)
+        return ln
+
+    model = eqx.nn.Sequential(
+        [
+            norm(3),
+            eqx.nn.Linear(3, h, key=k[0]),
+            norm(h),
+            eqx.nn.Lambda(jax.nn.relu),
+            eqx.nn.Linear(h, h, key=k[1]),
+            eqx.nn.Lambda(jnp.tanh),
+            norm(h),
+            eqx.nn.Linear(h, 2, key=k[2]),
+        ]
+    )
+    return model
+
+
+@settings(max_examples=6, deadline=None)
+@given(layer_norm_nets(), st.integers(0, 2**30))
+def test_layer_norm_parameters_follow_their_neurons(model, seed):
+    space = nfn.weight_space(model)
+    spec = spec_of(space)
+    if model.layers[2].weight is not None:
+        assert spec[".layers[2].weight"] == (0,)
+    if model.layers[0].weight is not None:
+        assert spec[".layers[0].weight"] == (None,)  # the network's inputs: fixed
+    perm, x = host_permutation(space, seed), host_normal(seed, (5, 3))
+    assert_close_scaled(*_original_and_permuted(model, space, perm, x))
+    permuted = nfn.weight_space(model, io="permuted")
+    if model.layers[0].weight is not None:
+        assert spec_of(permuted)[".layers[0].weight"] == (0,)
+
+
+def test_conv_layer_norm_follows_channels():
+    k = _keys(1, 2)
+    model = eqx.nn.Sequential(
+        [
+            eqx.nn.Conv2d(2, 3, 3, key=k[0]),
+            eqx.nn.LayerNorm((3, 4, 4)),
+            eqx.nn.Lambda(jax.nn.relu),
+            eqx.nn.Conv2d(3, 2, 1, key=k[1]),
+        ]
+    )
+    rng = np.random.default_rng(0)
+    model = eqx.tree_at(
+        lambda m: (m.layers[1].weight, m.layers[1].bias),
+        model,
+        tuple(jnp.asarray(rng.standard_normal((3, 4, 4)), jnp.float32) for _ in range(2)),
+    )
+    space = nfn.weight_space(model)
+    assert spec_of(space)[".layers[1].weight"] == (0, None, None)
+    perm = {0: jnp.asarray([2, 0, 1])}
+    assert_close_scaled(*_original_and_permuted(model, space, perm, host_normal(2, (2, 2, 6, 6))))
+
+
+@settings(max_examples=5, deadline=None)
+@given(st.integers(1, 6), st.integers(0, 2**30))
+def test_embedding_outputs_are_permuted_like_neurons(width, seed):
+    k = _keys(seed, 2)
+    model = eqx.nn.Sequential(
+        [
+            eqx.nn.Embedding(7, width, key=k[0]),
+            eqx.nn.Lambda(jax.nn.gelu),
+            eqx.nn.Linear(width, 2, key=k[1]),
+        ]
+    )
+    space = nfn.weight_space(model)
+    assert spec_of(space)[".layers[0].weight"] == (None, 0)
+    assert spec_of(nfn.weight_space(model, io="permuted"))[".layers[0].weight"] == (0, 1)
+    tokens = jnp.asarray(np.random.default_rng(seed).integers(0, 7, 9))
+    assert_close_scaled(
+        *_original_and_permuted(model, space, host_permutation(space, seed), tokens)
+    )
+
+
+@st.composite
+def residual_nets(draw):
+    h, m = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    k = _keys(draw(st.integers(0, 2**30)), 5)
+    blocks = [
+        nfn.Residual(
+            eqx.nn.Sequential(
+                [
+                    eqx.nn.Linear(h, m, key=k[1 + b]),
+                    eqx.nn.Lambda(jax.nn.relu),
+                    eqx.nn.Linear(m, h, key=k[3 + b]),
+                ]
+            )
+        )
+        for b in range(draw(st.integers(1, 2)))
+    ]
+    return eqx.nn.Sequential(
+        [
+            eqx.nn.Linear(3, h, key=k[0]),
+            *blocks,
+            eqx.nn.Lambda(jnp.tanh),
+            eqx.nn.Linear(h, 2, key=k[0]),
+        ]
+    )
+
+
+@settings(max_examples=6, deadline=None)
+@given(residual_nets(), st.integers(0, 2**30))
+def test_residual_stream_and_block_outputs_share_an_id(model, seed):
+    space = nfn.weight_space(model)
+    spec = spec_of(space)
+    stream = spec[".layers[0].weight"][0]
+    assert stream is not None
+    assert spec[".layers[1].body.layers[2].weight"][0] == stream
+    assert spec[".layers[1].body.layers[0].weight"][1] == stream
+    assert spec[f".layers[{len(model.layers) - 1}].weight"][1] == stream
+    perm, x = host_permutation(space, seed), host_normal(seed, (5, 3))
+    assert_close_scaled(*_original_and_permuted(model, space, perm, x))
+
+
+def test_residual_body_ending_in_a_barrier_fixes_the_stream():
+    k = _keys(3, 3)
+    body = eqx.nn.Sequential(
+        [eqx.nn.Linear(4, 4, key=k[1]), eqx.nn.Lambda(jnp.cumsum)]  # cumsum mixes neurons
+    )
+    model = eqx.nn.Sequential(
+        [eqx.nn.Linear(3, 4, key=k[0]), nfn.Residual(body), eqx.nn.Linear(4, 2, key=k[2])]
+    )
+    space = nfn.weight_space(model)
+    assert space.sizes == {}
+    assert spec_of(space)[".layers[0].weight"] == (None, None)
+
+
+class _Block(eqx.Module):
+    """A user-defined residual MLP block: x + down(relu(up(x)))."""
+
+    up: eqx.nn.Linear
+    down: eqx.nn.Linear
+
+    def __call__(self, x, *, key=None):
+        return x + self.down(jax.nn.relu(self.up(x)))
+
+
+def _describe_block(block):
+    return nfn.Residual(eqx.nn.Sequential([block.up, eqx.nn.Lambda(jax.nn.relu), block.down]))
+
+
+@settings(max_examples=4, deadline=None)
+@given(st.integers(0, 2**30))
+def test_hooks_describe_user_modules(seed):
+    k = _keys(seed, 4)
+    model = eqx.nn.Sequential(
+        [
+            eqx.nn.Linear(3, 4, key=k[0]),
+            _Block(eqx.nn.Linear(4, 6, key=k[1]), eqx.nn.Linear(6, 4, key=k[2])),
+            eqx.nn.Linear(4, 2, key=k[3]),
+        ]
+    )
+    with raises_naming("_Block", "layers[1]", "hooks="):
+        nfn.weight_space(model)
+    space = nfn.weight_space(model, hooks={_Block: _describe_block})
+    assert spec_of(space)[".layers[1].up.weight"] == (1, 0)
+    assert spec_of(space)[".layers[1].down.weight"] == (0, 1)
+    perm, x = host_permutation(space, seed), host_normal(seed, (5, 3))
+    assert_close_scaled(*_original_and_permuted(model, space, perm, x))
