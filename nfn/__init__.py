@@ -64,6 +64,7 @@ from nfn._pointwise import (
     Pointwise as Pointwise,
 )
 from nfn._spec import LeafSpace as LeafSpace
+from nfn._spec import Packed as Packed
 from nfn._spec import WeightSpace as WeightSpace
 
 __version__ = "0.1.0"

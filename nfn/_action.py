@@ -116,14 +116,15 @@ def _infer_channels(space: WeightSpace, tree: PyTree[Array]) -> bool:
     if len(shapes) != len(space.leaves):
         return False  # space.flatten reports the structure mismatch.
     pairs = list(zip(space.leaves, shapes))
-    as_params = all(shape == leaf.shape for leaf, shape in pairs)
+    as_params = all(shape == leaf.array_shape for leaf, shape in pairs)
     as_features = (
-        all(shape[:-1] == leaf.shape and len(shape) == len(leaf.shape) + 1 for leaf, shape in pairs)
+        all(shape[:-1] == leaf.array_shape for leaf, shape in pairs)
         and len({shape[-1] for _, shape in pairs}) <= 1
     )
     as_batch = any(
         all(
-            len(shape) == len(leaf.shape) + extra and shape[1:][: len(leaf.shape)] == leaf.shape
+            len(shape) == len(leaf.array_shape) + extra
+            and shape[1:][: len(leaf.array_shape)] == leaf.array_shape
             for leaf, shape in pairs
         )
         and len({shape[0] for _, shape in pairs}) <= 1

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nfn._blocks import Residual
-from nfn._spec import WeightSpace
+from nfn._spec import Packed, WeightSpace
 
 # Functions applied entry by entry: they commute with any permutation of neurons, so neurons on
 # either side of them can be permuted together. Anything else in a `Lambda` is a barrier.
@@ -108,6 +108,12 @@ def _walk(module: Any, builder: "_ChainBuilder", path: str) -> None:
                     builder.fixed(array)
                 else:
                     builder.neuron_parameter(array, leading=0)
+    elif isinstance(module, eqx.nn.LSTMCell):
+        builder.recurrent_cell(module, gates=4)
+    elif isinstance(module, eqx.nn.GRUCell):
+        builder.recurrent_cell(module, gates=3)
+    elif isinstance(module, eqx.nn.MultiheadAttention):
+        builder.attention(module)
     elif isinstance(module, eqx.nn.Embedding):
         builder.embedding(module.weight)
     elif isinstance(module, Residual):
@@ -116,8 +122,8 @@ def _walk(module: Any, builder: "_ChainBuilder", path: str) -> None:
         raise ValueError(
             f"nfn.weight_space cannot derive the symmetry of {type(module).__name__} at {path}: "
             f"supported are eqx.nn.Linear, MLP, Sequential, Conv1d/2d/3d, Embedding, LayerNorm, "
-            f"pooling layers, Lambda, Identity, Dropout and nfn.Residual (describe other modules "
-            f"with `hooks=`), or {_HOW_TO}"
+            f"LSTMCell, GRUCell, MultiheadAttention, pooling layers, Lambda, Identity, Dropout "
+            f"and nfn.Residual (describe other modules with `hooks=`), or {_HOW_TO}"
         )
 
 
@@ -235,6 +241,44 @@ class _ChainBuilder:
         in_id = self.close()
         self.pending.append((weight, lambda out: (in_id, out)))
 
+    def recurrent_cell(self, cell, gates: int) -> None:
+        """An LSTM or GRU cell: every gate block of the packed `gates * hidden` axis is
+        permuted by the hidden neurons' id; the cell's state is those neurons."""
+        in_id = self.close()
+        hidden = self._fresh()
+        packed = Packed((None, gates), (hidden, cell.hidden_size))
+        self.spec[id(cell.weight_ih)] = (packed, in_id)
+        self.spec[id(cell.weight_hh)] = (packed, hidden)
+        if cell.bias is not None:
+            self.spec[id(cell.bias)] = (packed,)
+        bias_n = getattr(cell, "bias_n", None)
+        if bias_n is not None:
+            self.spec[id(bias_n)] = (hidden,)
+        self.input_id = hidden
+
+    def attention(self, mha) -> None:
+        """Self-attention on the current neurons: heads are permuted together across the
+        projections, and inside the heads, one id for the query/key dimensions (a dot
+        product) and one for the value dimensions. Each head may in truth permute its own
+        dimensions independently; ids express the subgroup that does the same in every head."""
+        in_id = self.close()
+        heads, qk, vo = self._fresh(), self._fresh(), self._fresh()
+        qk_axis = Packed((heads, mha.num_heads), (qk, mha.qk_size))
+        vo_axis = Packed((heads, mha.num_heads), (vo, mha.vo_size))
+        # Keys and values read the same neurons only when they have the same size; otherwise
+        # (cross-attention inputs of another width) their inputs are fixed.
+        for proj, axis, size in (
+            (mha.query_proj, qk_axis, mha.query_size),
+            (mha.key_proj, qk_axis, mha.key_size),
+            (mha.value_proj, vo_axis, mha.value_size),
+        ):
+            self.spec[id(proj.weight)] = (axis, in_id if size == mha.query_size else None)
+            if proj.bias is not None:
+                self.spec[id(proj.bias)] = (axis,)
+        self.pending.append((mha.output_proj.weight, lambda out: (out, vo_axis)))
+        if mha.output_proj.bias is not None:
+            self.pending.append((mha.output_proj.bias, lambda out: (out,)))
+
     def neuron_parameter(self, array, *, leading: int) -> None:
         """A per-neuron parameter of the current neurons (after `leading` axes)."""
         trailing = array.ndim - leading - 1
@@ -261,11 +305,22 @@ class _ChainBuilder:
     def finish(self) -> None:
         self._resolve(self._boundary())
         # Final ids: the classes still permuted, numbered in order of creation.
-        used = {self._find(p) for axes in self.spec.values() for p in axes if p is not None}
+        used = {
+            self._find(pid)
+            for axes in self.spec.values()
+            for entry in axes
+            for pid in ([p for p, _ in entry.factors] if isinstance(entry, Packed) else [entry])
+            if pid is not None
+        }
         self.numbers = {root: k for k, root in enumerate(sorted(used - self.fixed_roots))}
 
     def spec_of(self, array) -> tuple:
-        return tuple(self._final(pid) for pid in self.spec[id(array)])
+        return tuple(
+            Packed(*((self._final(pid), size) for pid, size in entry.factors))
+            if isinstance(entry, Packed)
+            else self._final(entry)
+            for entry in self.spec[id(array)]
+        )
 
     def _final(self, pid: int | None) -> int | None:
         if pid is None:
@@ -300,8 +355,14 @@ def weight_space(
 
     Supports `eqx.nn.Linear`, `eqx.nn.MLP`, `eqx.nn.Conv1d/2d/3d` (kernel spatial axes fixed),
     `eqx.nn.Embedding`, `eqx.nn.LayerNorm` (its weight and bias follow the neurons or channels
-    of their leading axis), pooling layers (`MaxPool2d`, `AvgPool1d`, `AdaptiveAvgPool2d`, ...:
-    per channel, so they pass the channels through), [`nfn.Residual`][] blocks, and
+    of their leading axis), `eqx.nn.LSTMCell` and `eqx.nn.GRUCell` (the gate-packed axis
+    `gates * hidden` is a [`nfn.Packed`][] axis: each gate block permuted by the hidden id; the
+    cell's state is its hidden neurons, permuted even with `io="fixed"`),
+    `eqx.nn.MultiheadAttention` as self-attention on the current neurons (heads permuted
+    together, and one id each for the query/key and value dimensions inside the heads: the
+    subgroup that permutes every head's dimensions the same way), pooling layers
+    (`MaxPool2d`, `AvgPool1d`, `AdaptiveAvgPool2d`, ...: per channel, so they pass the channels
+    through), [`nfn.Residual`][] blocks, and
     `eqx.nn.Sequential` chains of those with `Lambda`-wrapped activations, `Identity` and
     `Dropout`, with or without biases. Neurons between two layers are permuted together.
 

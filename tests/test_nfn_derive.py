@@ -364,3 +364,129 @@ def test_hooks_describe_user_modules(seed):
     assert spec_of(space)[".layers[1].down.weight"] == (0, 1)
     perm, x = host_permutation(space, seed), host_normal(seed, (5, 3))
     assert_close_scaled(*_original_and_permuted(model, space, perm, x))
+
+
+# --------------------------------------------------------------------------- packed axes
+
+
+def permute_state(state, perm):
+    return jax.tree.map(lambda s: s[perm], state)
+
+
+@eqx.filter_jit
+def _unrolled_states(cell, permuted, xs, state, perm):
+    """Final states of `cell` from `state` and of `permuted` from the permuted `state`."""
+
+    def run(c, s):
+        for x in xs:
+            s = c(x, s)
+        return s
+
+    return permute_state(run(cell, state), perm), run(permuted, permute_state(state, perm))
+
+
+@settings(max_examples=6, deadline=None)
+@given(
+    st.sampled_from(["lstm", "gru"]),
+    st.integers(1, 5),
+    st.booleans(),
+    st.sampled_from(["fixed", "permuted"]),
+    st.integers(0, 2**30),
+)
+def test_recurrent_cells_permute_each_gate_block_by_the_hidden_id(kind, hidden, bias, io, seed):
+    cls = eqx.nn.LSTMCell if kind == "lstm" else eqx.nn.GRUCell
+    cell = cls(3, hidden, use_bias=bias, key=jax.random.key(seed))
+    if bias:
+        # Nonzero biases everywhere, so a wrong action on them would show.
+        rng = np.random.default_rng(seed)
+        cell = jax.tree.map(
+            lambda x: jnp.asarray(rng.standard_normal(x.shape), x.dtype) if eqx.is_array(x) else x,
+            cell,
+        )
+    space = nfn.weight_space(cell, io=io)
+    (h,) = [g for g in space.sizes if space.sizes[g] == hidden and g == space.leaves[1].axes[1]]
+    perm = host_permutation(space, seed)
+    if io == "permuted":
+        perm = {g: p if g == h else jnp.arange(len(p)) for g, p in perm.items()}
+    p = perm[h]
+    zeros = jnp.zeros(hidden)
+    state = (
+        (host_normal(seed, (hidden,)), zeros) if kind == "lstm" else host_normal(seed, (hidden,))
+    )
+    xs = host_normal(seed + 1, (4, 3))
+    expected, actual = _unrolled_states(cell, permuted_model(cell, space, perm), xs, state, p)
+    for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(actual)):
+        assert_close_scaled(a, b)
+
+
+def test_packed_spec_layout_and_a_permutation_of_whole_gate_blocks_breaks_the_cell():
+    cell = eqx.nn.LSTMCell(2, 3, key=KEY)
+    space = nfn.weight_space(cell)
+    leaf = space.leaves[0]
+    assert leaf.stored_shape == (12, 2) and leaf.shape == (4, 3, 2)
+    assert leaf.axes == (None, 0, None)
+    # Permuting the packed axis as one axis of 12 (mixing gates) is not a symmetry.
+    params, static = eqx.partition(cell, eqx.is_array)
+    order = jnp.asarray([3, 4, 5, 0, 1, 2, 6, 7, 8, 9, 10, 11])  # swap the input and forget gates
+    broken = eqx.combine(
+        eqx.tree_at(
+            lambda c: (c.weight_ih, c.weight_hh, c.bias),
+            params,
+            (params.weight_ih[order], params.weight_hh[order], params.bias[order]),
+        ),
+        static,
+    )
+    x, state = host_normal(0, (2,)), (host_normal(1, (3,)), host_normal(2, (3,)))
+    assert float(jnp.max(jnp.abs(cell(x, state)[0] - broken(x, state)[0]))) > 1e-3
+
+
+@settings(max_examples=6, deadline=None)
+@given(
+    st.integers(1, 3),
+    st.integers(1, 3),
+    st.integers(1, 3),
+    st.booleans(),
+    st.integers(0, 2**30),
+)
+def test_attention_heads_and_head_dimensions(heads, qk, vo, bias, seed):
+    mha = eqx.nn.MultiheadAttention(
+        heads,
+        5,
+        qk_size=qk,
+        vo_size=vo,
+        use_query_bias=bias,
+        use_key_bias=bias,
+        use_value_bias=bias,
+        use_output_bias=bias,
+        key=jax.random.key(seed),
+    )
+    if bias:
+        rng = np.random.default_rng(seed)
+        mha = jax.tree.map(
+            lambda x: jnp.asarray(rng.standard_normal(x.shape), x.dtype) if eqx.is_array(x) else x,
+            mha,
+        )
+    space = nfn.weight_space(mha)
+    assert space.sizes == {0: heads, 1: qk, 2: vo}
+    perm = host_permutation(space, seed)
+    x = host_normal(seed, (4, 5))
+    permuted = permuted_model(mha, space, perm)
+    assert_close_scaled(eqx.filter_jit(mha)(x, x, x), eqx.filter_jit(permuted)(x, x, x))
+
+
+@settings(max_examples=3, deadline=None)
+@given(st.integers(0, 2**30))
+def test_layers_on_packed_spaces_are_equivariant(seed):
+    cell = eqx.nn.GRUCell(2, 3, key=jax.random.key(seed))
+    space = nfn.weight_space(cell)
+    layer = nfn.EquivariantLinear(space, 1, 2, key=jax.random.key(1))
+    encoder = nfn.InvariantEncoder(space, 2, hidden_channels=2, depth=1, key=jax.random.key(2))
+    f = nfn.to_features(eqx.filter(cell, eqx.is_array))
+    perm = host_permutation(space, seed)
+    fp = nfn.permute(space, f, perm, channels=True)
+    for a, b in zip(
+        jax.tree.leaves(nfn.permute(space, layer(f), perm, channels=True)),
+        jax.tree.leaves(layer(fp)),
+    ):
+        assert_close_scaled(a, b)
+    assert_close_scaled(encoder(f), encoder(fp))

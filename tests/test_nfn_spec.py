@@ -393,3 +393,31 @@ def test_derived_weight_space_survives_pickling():
     assert again.table() == space.table()
     # It still describes freshly filtered parameters of the model.
     again.flatten(eqx.filter(model, eqx.is_array), channels=False)
+
+
+# --------------------------------------------------------------------------- packed axes
+
+
+def test_packed_axes_unpack_for_layers_and_pack_back():
+    params = {"w": arr(12, 2), "b": arr(12)}
+    spec = {"w": (nfn.Packed((None, 4), (0, 3)), None), "b": (nfn.Packed((None, 4), (0, 3)),)}
+    space = nfn.WeightSpace.from_spec(params, spec)
+    assert [leaf.shape for leaf in space] == [(4, 3), (4, 3, 2)]  # leaves in key order: b, w
+    assert [leaf.stored_shape for leaf in space] == [(12,), (12, 2)]
+    assert space.sizes == {0: 3}
+    assert "(12, 2) as (4, 3, 2)" in space.table()
+    assert pickle.loads(pickle.dumps(space)) == space
+    values = {"w": jnp.arange(24.0).reshape(12, 2), "b": jnp.arange(12.0)}
+    perm = {0: jnp.asarray([2, 0, 1])}
+    out = nfn.permute(space, values, perm)
+    # Block g, entry i of the packed axis is row 3 g + i; each block is permuted on its own.
+    rows = np.concatenate([3 * g + np.asarray([2, 0, 1]) for g in range(4)])
+    np.testing.assert_array_equal(out["w"], np.asarray(values["w"])[rows])
+    np.testing.assert_array_equal(out["b"], np.asarray(values["b"])[rows])
+
+
+def test_packed_axis_of_the_wrong_size_names_leaf_and_axis():
+    with raises_naming("['w']", "axis 0 has size 12", "packs 9"):
+        nfn.WeightSpace.from_spec({"w": arr(12, 2)}, {"w": (nfn.Packed((None, 3), (0, 3)), None)})
+    with pytest.raises(ValueError, match="positive"):
+        nfn.Packed((None, 0))
