@@ -61,6 +61,8 @@ def _commutes_with_permutations(fn: Callable, width: int) -> bool:
             for p in generators
         )
     except Exception:
+        # Whatever made the probe fail (a shape it cannot take, a reduction over an axis the
+        # vector lacks), the function cannot be vouched for: a barrier is always safe.
         return False
 
 
@@ -152,7 +154,8 @@ def _walk_mlp(module: eqx.nn.MLP, builder: "_ChainBuilder", path: str) -> None:
                 builder.neuron_parameter(array, leading=1)
         elif learned or mixing:
             builder.barrier()
-    if len(module.layers) > 2:
+    if len(module.layers) != 2:
+        # Stacked over several hidden layers (fixed above), or over none (depth 0: unused).
         for array in learned:
             builder.fixed(array)
     if module.out_size == "scalar":
@@ -282,7 +285,10 @@ class _ChainBuilder:
     def neuron_parameter(self, array, *, leading: int) -> None:
         """A per-neuron parameter of the current neurons (after `leading` axes)."""
         trailing = array.ndim - leading - 1
-        axes = lambda out: (None,) * leading + (out,) + (None,) * trailing  # noqa: E731
+
+        def axes(out: int | None) -> tuple:
+            return (None,) * leading + (out,) + (None,) * trailing
+
         if self.pending:
             self.pending.append((array, axes))
         else:

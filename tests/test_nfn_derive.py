@@ -490,3 +490,10 @@ def test_layers_on_packed_spaces_are_equivariant(seed):
     ):
         assert_close_scaled(a, b)
     assert_close_scaled(encoder(f), encoder(fp))
+
+
+def test_mlp_depth_zero_with_learned_activation():
+    # Equinox still keeps (empty) per-neuron activation parameters for zero hidden layers.
+    mlp = eqx.nn.MLP(3, 2, 4, 0, activation=eqx.nn.PReLU(), key=KEY)
+    space = nfn.weight_space(mlp)
+    assert spec_of(space)[".layers[0].weight"] == (None, None)
