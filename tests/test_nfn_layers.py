@@ -168,3 +168,18 @@ def test_head_sizes_may_differ():
     assert nfn.InvariantEncoder(space, 2, head_sizes=(), key=KEY)(f).shape == (2,)
     with pytest.raises(ValueError, match="head_sizes"):
         nfn.InvariantEncoder(space, 2, head_sizes=(8, 0), key=KEY)
+
+
+def test_layers_survive_pickling():
+    # (Models holding `jax.nn.relu` do not pickle: JAX's wrapped functions do not, in any module.)
+    import pickle
+
+    space = nfn.weight_space(eqx.nn.MLP(3, 2, 4, 2, key=KEY))
+    f = nfn.to_features(mlp_params(4))
+    for layer in (
+        nfn.EquivariantLinear(space, 1, 2, key=jax.random.key(1)),
+        nfn.InvariantLinear(space, 1, 3, key=jax.random.key(1)),
+    ):
+        again = pickle.loads(pickle.dumps(layer))
+        assert jax.tree.structure(again) == jax.tree.structure(layer)
+        assert max_abs_diff(layer(f), again(f)) == 0.0
