@@ -497,3 +497,88 @@ def test_mlp_depth_zero_with_learned_activation():
     mlp = eqx.nn.MLP(3, 2, 4, 0, activation=eqx.nn.PReLU(), key=KEY)
     space = nfn.weight_space(mlp)
     assert spec_of(space)[".layers[0].weight"] == (None, None)
+
+
+class _TransformerBlock(eqx.Module):
+    """Pre-LayerNorm transformer block on a sequence `(tokens, d)`."""
+
+    ln1: eqx.nn.LayerNorm
+    attention: eqx.nn.MultiheadAttention
+    ln2: eqx.nn.LayerNorm
+    up: eqx.nn.Linear
+    down: eqx.nn.Linear
+
+    def __call__(self, x, *, key=None):
+        h = jax.vmap(self.ln1)(x)
+        x = x + self.attention(h, h, h)
+        h = jax.vmap(self.ln2)(x)
+        return x + jax.vmap(lambda t: self.down(jax.nn.gelu(self.up(t))))(h)
+
+
+class _TinyTransformer(eqx.Module):
+    embed: eqx.nn.Linear
+    blocks: tuple[_TransformerBlock, ...]
+    unembed: eqx.nn.Linear
+
+    def __call__(self, x):
+        x = jax.vmap(self.embed)(x)
+        for block in self.blocks:
+            x = block(x)
+        return jax.vmap(self.unembed)(x)
+
+
+def _describe_transformer_block(block):
+    return eqx.nn.Sequential(
+        [
+            nfn.Residual(eqx.nn.Sequential([block.ln1, block.attention])),
+            nfn.Residual(
+                eqx.nn.Sequential([block.ln2, block.up, eqx.nn.Lambda(jax.nn.gelu), block.down])
+            ),
+        ]
+    )
+
+
+def _describe_transformer(model):
+    return eqx.nn.Sequential([model.embed, *model.blocks, model.unembed])
+
+
+@settings(max_examples=3, deadline=None)
+@given(st.integers(1, 2), st.integers(1, 2), st.integers(0, 2**30))
+def test_transformer_blocks_through_hooks_keep_their_function(heads, num_blocks, seed):
+    d, k = 2 * heads, _keys(seed, 3 + 5 * num_blocks)
+    rng = np.random.default_rng(seed)
+
+    def norm():
+        ln = eqx.nn.LayerNorm(d)
+        return eqx.tree_at(
+            lambda m: (m.weight, m.bias),
+            ln,
+            tuple(jnp.asarray(rng.standard_normal(d), jnp.float32) for _ in range(2)),
+        )
+
+    blocks = tuple(
+        _TransformerBlock(
+            norm(),
+            eqx.nn.MultiheadAttention(
+                heads, d, use_query_bias=True, use_output_bias=True, key=k[3 + 5 * b]
+            ),
+            norm(),
+            eqx.nn.Linear(d, 3, key=k[4 + 5 * b]),
+            eqx.nn.Linear(3, d, key=k[5 + 5 * b]),
+        )
+        for b in range(num_blocks)
+    )
+    model = _TinyTransformer(eqx.nn.Linear(3, d, key=k[0]), blocks, eqx.nn.Linear(d, 2, key=k[1]))
+    hooks = {
+        _TinyTransformer: _describe_transformer,
+        _TransformerBlock: _describe_transformer_block,
+    }
+    space = nfn.weight_space(model, hooks=hooks)
+    stream = spec_of(space)[".embed.weight"][0]
+    assert spec_of(space)[".blocks[0].ln1.weight"] == (stream,)
+    assert spec_of(space)[".unembed.weight"] == (None, stream)
+    perm = host_permutation(space, seed)
+    x = host_normal(seed, (4, 3))
+    expected = eqx.filter_jit(model)(x)
+    actual = eqx.filter_jit(permuted_model(model, space, perm))(x)
+    assert_close_scaled(expected, actual)
