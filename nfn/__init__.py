@@ -24,6 +24,7 @@ from nfn._action import (
 from nfn._action import (
     sample_permutation as sample_permutation,
 )
+from nfn._blocks import Residual as Residual
 from nfn._derive import weight_space as weight_space
 from nfn._equivariant import (
     EquivariantLinear as EquivariantLinear,
@@ -63,6 +64,7 @@ from nfn._pointwise import (
     Pointwise as Pointwise,
 )
 from nfn._spec import LeafSpace as LeafSpace
+from nfn._spec import Packed as Packed
 from nfn._spec import WeightSpace as WeightSpace
 
 __version__ = "0.1.0"

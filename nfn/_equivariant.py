@@ -1,10 +1,10 @@
 """Permutation-equivariant linear maps between weight spaces (Universal Neural Functionals)."""
 
 import dataclasses
-import functools
 import math
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
@@ -21,7 +21,7 @@ from nfn._basis import (
     unfold,
     zeros,
 )
-from nfn._partitions import id_partitions, partial_matchings
+from nfn._partitions import Partition, id_partitions, partial_matchings
 from nfn._spec import LeafSpace, WeightSpace
 
 
@@ -51,10 +51,11 @@ def _coupled_terms(
     # Matchings that pair nothing are the pooled terms, handled once for all leaves elsewhere.
     terms = []
     out_ids, in_ids = out_leaf.permuted_ids, in_leaf.permuted_ids
+    in_partitions = id_partitions(in_ids)
     for p_out, out_partition in enumerate(id_partitions(out_ids)):
         out_letters = list(LETTERS[: len(out_partition)])
         out_block_ids = [out_ids[block[0]] for block in out_partition]
-        for in_partition in id_partitions(in_ids):
+        for in_partition in in_partitions:
             in_block_ids = [in_ids[block[0]] for block in in_partition]
             in_sizes = block_sizes(in_leaf, in_partition)
             for matching in _matchings_by_id(out_block_ids, in_block_ids):
@@ -110,7 +111,6 @@ class _InputGroup:
     orders: tuple[tuple[int, ...], ...]
 
 
-@functools.cache
 def _input_groups(terms: tuple[CoupledTerm, ...]) -> tuple[_InputGroup, ...]:
     groups: dict[tuple, tuple[list[int], list[tuple[int, ...]]]] = {}
     for k, term in enumerate(terms):
@@ -132,13 +132,48 @@ def _input_groups(terms: tuple[CoupledTerm, ...]) -> tuple[_InputGroup, ...]:
     )
 
 
-@functools.cache
 def _output_buckets(terms: tuple[CoupledTerm, ...]) -> tuple[tuple[int, ...], ...]:
     """Coupled terms that land on the same blocks of one output partition."""
     buckets: dict[tuple, list[int]] = {}
     for k, term in enumerate(terms):
         buckets.setdefault((term.out_leaf, term.out_partition, term.kept), []).append(k)
     return tuple(tuple(b) for b in buckets.values())
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """Everything an `EquivariantLinear` derives from its two spaces, built once per layer.
+
+    - `pooling`: the pooled statistics of the input space (the terms that keep no index).
+    - `terms`: the coupled terms, in the row order of the stacked matrices.
+    - `out_partitions[i]`: the id partitions of output leaf `i`'s permuted axes; the pooled
+      matrix has one column block per (leaf, partition), in this order.
+    - `input_groups`: coupled terms that share one reduction of an input leaf.
+    - `output_buckets`: coupled terms that share one stacked matrix (one per bucket, in order).
+    """
+
+    pooling: Pooling
+    terms: tuple[CoupledTerm, ...]
+    out_partitions: tuple[tuple[Partition, ...], ...]
+    input_groups: tuple[_InputGroup, ...]
+    output_buckets: tuple[tuple[int, ...], ...]
+
+    @classmethod
+    def of(cls, space: WeightSpace, out_space: WeightSpace, in_channels: int) -> "_Plan":
+        terms = tuple(
+            term
+            for i, out_leaf in enumerate(out_space)
+            for j, in_leaf in enumerate(space)
+            if set(out_leaf.permuted_ids) & set(in_leaf.permuted_ids)
+            for term in _coupled_terms(i, out_leaf, j, in_leaf)
+        )
+        return cls(
+            pooling=Pooling.of(space, in_channels),
+            terms=terms,
+            out_partitions=tuple(id_partitions(leaf.permuted_ids) for leaf in out_space),
+            input_groups=_input_groups(terms),
+            output_buckets=_output_buckets(terms),
+        )
 
 
 def _check_shared_sizes(space: WeightSpace, out_space: WeightSpace) -> None:
@@ -179,9 +214,7 @@ class EquivariantLinear(eqx.Module):
     out_space: WeightSpace = eqx.field(static=True)
     in_channels: int = eqx.field(static=True)
     out_channels: int = eqx.field(static=True)
-    pooling: Pooling = eqx.field(static=True)
-    terms: tuple[CoupledTerm, ...] = eqx.field(static=True)
-    out_partitions: tuple[int, ...] = eqx.field(static=True)
+    plan: _Plan = eqx.field(static=True)
 
     def __init__(
         self,
@@ -215,76 +248,144 @@ class EquivariantLinear(eqx.Module):
         dtype = default_float(dtype)
         self.space, self.out_space = space, out_space
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.pooling = Pooling.of(space, in_channels)
-        self.out_partitions = tuple(len(id_partitions(leaf.permuted_ids)) for leaf in out_space)
-        self.terms = tuple(
-            term
-            for i, out_leaf in enumerate(out_space)
-            for j, in_leaf in enumerate(space)
-            if set(out_leaf.permuted_ids) & set(in_leaf.permuted_ids)
-            for term in _coupled_terms(i, out_leaf, j, in_leaf)
-        )
+        self.plan = _Plan.of(space, out_space, in_channels)
+        self.pooled_weight, self.coupled_weights = self._initial_weights(dtype, key)
+        self.bias = zeros((self.pooled_weight.shape[1],), dtype) if use_bias else None
 
+    def _initial_weights(self, dtype, key: PRNGKeyArray) -> tuple[Array, tuple[Array, ...]]:
+        plan, space, out_space = self.plan, self.space, self.out_space
         terms_into = [1] * len(out_space.leaves)
-        for term in self.terms:
+        for term in plan.terms:
             terms_into[term.out_leaf] += 1
         # The pooled matrix's column block of output leaf i has its own scale.
         column_stds = np.concatenate(
             [
                 np.full(
-                    self.out_partitions[i] * leaf.fixed_size * out_channels,
-                    1.0 / math.sqrt(self.pooling.width * terms_into[i]),
+                    len(plan.out_partitions[i]) * leaf.fixed_size * self.out_channels,
+                    1.0 / math.sqrt(plan.pooling.width * terms_into[i]),
                 )
                 for i, leaf in enumerate(out_space)
             ]
         )
-        shapes = [(self.pooling.width, column_stds.size)]
+        shapes = [(plan.pooling.width, column_stds.size)]
         stds = [column_stds.astype(dtype)]
-        for bucket in _output_buckets(self.terms):
-            fan_out = out_space.leaves[self.terms[bucket[0]].out_leaf].fixed_size * out_channels
+        for bucket in plan.output_buckets:
+            out_leaf = plan.terms[bucket[0]].out_leaf
+            fan_out = out_space.leaves[out_leaf].fixed_size * self.out_channels
             row_stds = []
             for k in bucket:
-                term = self.terms[k]
-                fan_in = space.leaves[term.in_leaf].fixed_size * in_channels
+                term = plan.terms[k]
+                fan_in = space.leaves[term.in_leaf].fixed_size * self.in_channels
                 row_stds.append(
                     np.full(fan_in, 1.0 / math.sqrt(fan_in * terms_into[term.out_leaf]))
                 )
             row_stds = np.concatenate(row_stds)
             shapes.append((row_stds.size, fan_out))
             stds.append(row_stds[:, None].astype(dtype))
-        self.pooled_weight, *coupled = normal_arrays(key, tuple(shapes), tuple(stds), dtype)
-        self.bias = zeros((self.pooled_weight.shape[1],), dtype) if use_bias else None
-        self.coupled_weights = tuple(coupled)
+        pooled, *coupled = normal_arrays(key, tuple(shapes), tuple(stds), dtype)
+        return pooled, tuple(coupled)
+
+    def with_space(
+        self, space: WeightSpace, out_space: WeightSpace | None = None
+    ) -> "EquivariantLinear":
+        """This layer, with the same parameters, acting between spaces of other hidden widths.
+
+        The parameters depend only on the spaces' leaves, axes, fixed sizes and channels, not on
+        the sizes of permuted axes (terms average, they do not sum), so a layer trained on
+        networks of one width applies to networks of another.
+
+        **Arguments:**
+
+        - `space`: the new input space; see [`nfn.WeightSpace.check_transferable_to`][].
+        - `out_space`: the new output space; by default `space` if this layer maps a space to
+          itself, else required.
+        """
+        if out_space is None:
+            if self.out_space != self.space:
+                raise ValueError(
+                    "this layer maps between two different spaces; pass the new out_space too"
+                )
+            out_space = space
+        self.space.check_transferable_to(space)
+        self.out_space.check_transferable_to(out_space)
+        shell = eqx.filter_eval_shape(
+            EquivariantLinear,
+            space,
+            self.in_channels,
+            self.out_channels,
+            out_space=out_space,
+            use_bias=self.bias is not None,
+            dtype=self.pooled_weight.dtype,
+            key=jax.random.key(0),
+        )
+        return eqx.tree_at(
+            lambda m: (m.pooled_weight, m.bias, m.coupled_weights),
+            shell,
+            (self.pooled_weight, self.bias, self.coupled_weights),
+            is_leaf=lambda x: x is None,
+        )
+
+    @property
+    def pooling(self) -> Pooling:
+        return self.plan.pooling
+
+    @property
+    def terms(self) -> tuple[CoupledTerm, ...]:
+        """The coupled basis maps (those that keep an index), in the row order of
+        `coupled_weights`."""
+        return self.plan.terms
+
+    @property
+    def out_partitions(self) -> tuple[int, ...]:
+        """Number of id partitions of each output leaf's permuted axes."""
+        return tuple(len(p) for p in self.plan.out_partitions)
 
     def __call__(self, features: PyTree[Float[Array, "..."]]) -> PyTree[Float[Array, "..."]]:
         """Map features of `space` (channels `in_channels`) to features of `out_space`."""
+        folded = self._fold(features)
+        accumulators = self._pooled_terms(folded)
+        self._add_coupled_terms(accumulators, self._reduce_inputs(folded))
+        return self._expand(accumulators)
+
+    def _fold(self, features) -> list[Array]:
+        """Check the features and fold each leaf's fixed axes into its channels."""
         leaves = self.space.flatten(features, channels=True)
         if leaves and leaves[0].shape[-1] != self.in_channels:
             raise ValueError(
                 f"features have {leaves[0].shape[-1]} channels, layer expects {self.in_channels}"
             )
-        folded = [fold(leaf, x) for leaf, x in zip(self.space, leaves)]
+        return [fold(leaf, x) for leaf, x in zip(self.space, leaves)]
 
-        pooled = self.pooling(folded) @ self.pooled_weight
+    def _pooled_terms(self, folded: list[Array]) -> list[list[Array]]:
+        """The terms that keep no index, plus the bias: one matmul for all leaf pairs.
+
+        Returns `accumulators[i][p]`: values on the blocks of output partition `p` of leaf `i`,
+        every block still of size 1 (broadcast later).
+        """
+        pooled = self.plan.pooling(folded) @ self.pooled_weight
         if self.bias is not None:
             pooled = pooled + self.bias
-        # accumulators[i][p]: values on the blocks of output partition p of leaf i, with size-1
-        # axes on blocks that only broadcast.
         accumulators = []
         offset = 0
-        for leaf in self.out_space:
+        for leaf, partitions in zip(self.out_space, self.plan.out_partitions):
             width = leaf.fixed_size * self.out_channels
             per_partition = []
-            for partition in id_partitions(leaf.permuted_ids):
+            for partition in partitions:
                 chunk = pooled[offset : offset + width]
                 per_partition.append(chunk.reshape((1,) * len(partition) + (width,)))
                 offset += width
             accumulators.append(per_partition)
-        # Terms that read the same diagonal of one input leaf and pool the same blocks share that
-        # reduction; reduced[k] is term k's, with its kept axes in output order.
+        return accumulators
+
+    def _reduce_inputs(self, folded: list[Array]) -> dict[int, Array]:
+        """Each coupled term's input: a diagonal of its input leaf, averaged over the blocks it
+        does not keep, with the kept axes in the term's output order.
+
+        Terms that read the same diagonal and pool the same blocks share one reduction.
+        """
         reduced = {}
-        for group in _input_groups(self.terms):
-            first = self.terms[group.members[0]]
+        for group in self.plan.input_groups:
+            first = self.plan.terms[group.members[0]]
             value = first.scale * jnp.einsum(
                 f"{group.in_subscripts}y->{group.kept_subscripts}y", folded[group.in_leaf]
             )
@@ -293,20 +394,21 @@ class EquivariantLinear(eqx.Module):
                     reduced[k] = jnp.transpose(value, (*order, len(order)))
                 else:
                     reduced[k] = value
-        # Terms onto the same output blocks are one matmul of their concatenated inputs against
-        # one stacked channel matrix: the sum is formed inside the matmul, so each output leaf
-        # adds (and its backward reduces the cotangent for) one array per kept-block pattern
-        # instead of one per term. Grouping by input instead (one matmul per reduction, outputs
-        # split per term) left XLA a chain of full-size adds per output leaf that it recomputed
-        # in every backward consumer, e.g. the transposes feeding the weight gradients: 0.7-1.0x
-        # the naive per-term layer's speed on the transformer block. Storing the matrix stacked
-        # (not one per term, concatenated on the fly) spares a concatenation per bucket and a
-        # slice per term in the backward pass: the transformer block's fwd+bwd fell from 377
-        # fused kernels to 219.
-        for bucket, weight in zip(_output_buckets(self.terms), self.coupled_weights):
+        return reduced
+
+    def _add_coupled_terms(
+        self, accumulators: list[list[Array]], reduced: dict[int, Array]
+    ) -> None:
+        """Mix the coupled terms' channels and add them onto their output blocks.
+
+        Terms onto the same output blocks are one matmul of their concatenated inputs against one
+        stacked matrix, so the sum is formed inside the matmul (see docs/performance.md for the
+        measurements behind this layout).
+        """
+        for bucket, weight in zip(self.plan.output_buckets, self.coupled_weights):
             inputs = [reduced[k] for k in bucket]
             mixed = (inputs[0] if len(bucket) == 1 else jnp.concatenate(inputs, -1)) @ weight
-            term = self.terms[bucket[0]]
+            term = self.plan.terms[bucket[0]]
             kept_sizes = iter(mixed.shape[:-1])
             shape = tuple(next(kept_sizes) if kept else 1 for kept in term.kept)
             acc = accumulators[term.out_leaf]
@@ -314,11 +416,15 @@ class EquivariantLinear(eqx.Module):
                 (*shape, mixed.shape[-1])
             )
 
+    def _expand(self, accumulators: list[list[Array]]) -> PyTree[Array]:
+        """Write every partition's values onto its diagonals and unfold to output features."""
         outputs = []
-        for leaf, per_partition in zip(self.out_space, accumulators):
+        for leaf, partitions, per_partition in zip(
+            self.out_space, self.plan.out_partitions, accumulators
+        ):
             num_axes = len(leaf.permuted_ids)
             total = 0.0
-            for partition, values in zip(id_partitions(leaf.permuted_ids), per_partition):
+            for partition, values in zip(partitions, per_partition):
                 sizes = block_sizes(leaf, partition)
                 total = total + expand_partition(partition, sizes, values, num_axes)
             outputs.append(unfold(leaf, total))

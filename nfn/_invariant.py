@@ -3,6 +3,7 @@
 import math
 
 import equinox as eqx
+import jax
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
 from nfn._basis import Pooling, default_float, fold, normal_arrays, zeros
@@ -45,6 +46,27 @@ class InvariantLinear(eqx.Module):
         std = 1.0 / math.sqrt(self.pooling.width)
         (self.weight,) = normal_arrays(key, ((self.pooling.width, out_features),), (std,), dtype)
         self.bias = zeros((out_features,), dtype) if use_bias else None
+
+    def with_space(self, space: WeightSpace) -> "InvariantLinear":
+        """This layer, with the same parameters, on a space of other hidden widths (see
+        [`nfn.WeightSpace.check_transferable_to`][]): its statistics are means, so their number
+        does not depend on the sizes of permuted axes."""
+        self.space.check_transferable_to(space)
+        shell = eqx.filter_eval_shape(
+            InvariantLinear,
+            space,
+            self.in_channels,
+            self.out_features,
+            use_bias=self.bias is not None,
+            dtype=self.weight.dtype,
+            key=jax.random.key(0),
+        )
+        return eqx.tree_at(
+            lambda m: (m.weight, m.bias),
+            shell,
+            (self.weight, self.bias),
+            is_leaf=lambda x: x is None,
+        )
 
     @property
     def num_statistics(self) -> int:

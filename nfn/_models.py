@@ -1,6 +1,7 @@
 """Ready-made weight-space models built from the UNF layers."""
 
 from collections.abc import Callable, Sequence
+from typing import Literal
 
 import equinox as eqx
 import jax
@@ -9,17 +10,59 @@ from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
 from nfn._equivariant import EquivariantLinear
 from nfn._invariant import InvariantLinear
-from nfn._pointwise import ChannelLayerNorm
+from nfn._pointwise import ChannelLayerNorm, FeatureDropout
 from nfn._spec import WeightSpace
+
+Norm = Literal["layer"] | None
+
+
+def _norms(space: WeightSpace, channels: int, count: int, norm: Norm):
+    if norm not in ("layer", None):
+        raise ValueError(f'norm must be "layer" or None, got {norm!r}')
+    if norm is None or count == 0:
+        return None
+    return tuple(ChannelLayerNorm(space, channels) for _ in range(count))
+
+
+def _check_dropout(dropout: float) -> None:
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+
+
+def _dropout_keys(
+    dropout: float, inference: bool, key: PRNGKeyArray | None, count: int
+) -> list[PRNGKeyArray | None]:
+    if inference or dropout == 0.0:
+        return [None] * count
+    if key is None:
+        raise ValueError(
+            f"dropout={dropout} needs a `key` at call time unless inference=True (as "
+            "eqx.nn.Dropout)"
+        )
+    return list(jax.random.split(key, count))
+
+
+def _hidden_block(layer, norm, activation, dropout: float, features, key):
+    """`layer -> (norm) -> activation -> (dropout, when a key is given)`."""
+    features = layer(features)
+    if norm is not None:
+        features = norm(features)
+    features = jax.tree_util.tree_map(activation, features)
+    if key is not None:
+        features = FeatureDropout(dropout)(features, key=key)
+    return features
 
 
 class EquivariantNetwork(eqx.Module):
-    """A stack of equivariant layers: `[EquivariantLinear -> (ChannelLayerNorm) -> act] x
-    (depth - 1) -> EquivariantLinear`. Maps features to features of the same space."""
+    """A stack of equivariant layers: `[EquivariantLinear -> (ChannelLayerNorm) -> act ->
+    (dropout)] x (depth - 1) -> EquivariantLinear`. Maps features to features of the same space.
+    """
 
     layers: tuple[EquivariantLinear, ...]
     norms: tuple[ChannelLayerNorm, ...] | None
     activation: Callable[[Array], Array]
+    dropout: float = eqx.field(static=True)
+    inference: bool = eqx.field(static=True)
 
     def __init__(
         self,
@@ -30,50 +73,87 @@ class EquivariantNetwork(eqx.Module):
         depth: int,
         *,
         activation: Callable[[Array], Array] = jax.nn.relu,
-        layer_norm: bool = True,
+        norm: Norm = "layer",
+        dropout: float = 0.0,
+        inference: bool = False,
         key: PRNGKeyArray,
     ):
+        """**Arguments:**
+
+        - `space`: the weight space.
+        - `in_channels`, `hidden_channels`, `out_channels`: channels of the input, hidden and
+          output features.
+        - `depth`: number of equivariant layers (>= 1).
+        - `activation`: elementwise activation between layers.
+        - `norm`: `"layer"` (default) puts a [`nfn.ChannelLayerNorm`][] after every hidden
+          layer (needs `hidden_channels >= 2`); it makes the network blind to the global scale
+          of its input at initialisation (`f` and `3 f` give the same output while the biases
+          are zero). `None` keeps that scale.
+        - `dropout`: probability of [`nfn.FeatureDropout`][] after every hidden activation.
+        - `inference`: the default of the call's `inference` flag (no dropout when true).
+        - `key`: PRNG key for the initialisation.
+        """
         if not isinstance(depth, int) or depth < 1:
             raise ValueError(f"depth must be an int >= 1, got {depth!r}")
+        _check_dropout(dropout)
         channels = [in_channels] + [hidden_channels] * (depth - 1) + [out_channels]
         keys = jax.random.split(key, depth)
         self.layers = tuple(
             EquivariantLinear(space, c_in, c_out, key=k)
             for c_in, c_out, k in zip(channels[:-1], channels[1:], keys)
         )
-        self.norms = (
-            tuple(ChannelLayerNorm(space, hidden_channels) for _ in range(depth - 1))
-            if layer_norm and depth > 1
-            else None
-        )
+        self.norms = _norms(space, hidden_channels, depth - 1, norm)
         self.activation = activation
+        self.dropout, self.inference = dropout, inference
 
-    def __call__(self, features: PyTree[Float[Array, "..."]]) -> PyTree[Float[Array, "..."]]:
-        for k, layer in enumerate(self.layers[:-1]):
-            features = layer(features)
-            if self.norms is not None:
-                features = self.norms[k](features)
-            features = jax.tree_util.tree_map(self.activation, features)
+    def __call__(
+        self,
+        features: PyTree[Float[Array, "..."]],
+        *,
+        key: PRNGKeyArray | None = None,
+        inference: bool | None = None,
+    ) -> PyTree[Float[Array, "..."]]:
+        """Map one network's features; `key` is needed when dropout is active."""
+        inference = self.inference if inference is None else inference
+        hidden = self.layers[:-1]
+        keys = _dropout_keys(self.dropout, inference, key, len(hidden))
+        for k, (layer, dropout_key) in enumerate(zip(hidden, keys)):
+            norm = None if self.norms is None else self.norms[k]
+            features = _hidden_block(
+                layer, norm, self.activation, self.dropout, features, dropout_key
+            )
         return self.layers[-1](features)
+
+    def with_space(self, space: WeightSpace) -> "EquivariantNetwork":
+        """This network, with the same parameters, on a space of other hidden widths (see
+        [`nfn.EquivariantLinear.with_space`][])."""
+        layers = tuple(layer.with_space(space) for layer in self.layers)
+        norms = None if self.norms is None else tuple(n.with_space(space) for n in self.norms)
+        return eqx.tree_at(
+            lambda m: (m.layers, m.norms), self, (layers, norms), is_leaf=lambda x: x is None
+        )
 
 
 class InvariantEncoder(eqx.Module):
-    """A permutation-invariant encoder of one network:
-    `[EquivariantLinear -> (ChannelLayerNorm) -> act] x depth -> InvariantLinear -> MLP head`.
+    """A permutation-invariant encoder of one network: `[EquivariantLinear ->
+    (ChannelLayerNorm) -> act -> (dropout)] x depth -> InvariantLinear -> act -> (dropout) ->
+    MLP head`.
 
-    With `depth=0` it is `InvariantLinear -> MLP head` on the input features directly.
+    With `depth=0` it is `InvariantLinear -> act -> MLP head` on the input features directly.
     """
 
     equivariant: tuple[EquivariantLinear, ...]
     norms: tuple[ChannelLayerNorm, ...] | None
     invariant: InvariantLinear
-    head: eqx.nn.MLP
+    head: tuple[eqx.nn.Linear, ...]
     activation: Callable[[Array], Array]
+    dropout: float = eqx.field(static=True)
+    inference: bool = eqx.field(static=True)
 
     def __init__(
         self,
         space: WeightSpace,
-        out_size: int | str,
+        out_size: int | Literal["scalar"],
         *,
         in_channels: int = 1,
         hidden_channels: int = 16,
@@ -81,7 +161,9 @@ class InvariantEncoder(eqx.Module):
         invariant_features: int = 64,
         head_sizes: Sequence[int] = (64,),
         activation: Callable[[Array], Array] = jax.nn.relu,
-        layer_norm: bool = True,
+        norm: Norm = "layer",
+        dropout: float = 0.0,
+        inference: bool = False,
         key: PRNGKeyArray,
     ):
         """**Arguments:**
@@ -91,45 +173,79 @@ class InvariantEncoder(eqx.Module):
         - `in_channels`: channels of the input features (1 for raw parameters).
         - `hidden_channels`, `depth`: width and number of the equivariant layers.
         - `invariant_features`: width of the invariant layer's output.
-        - `head_sizes`: hidden widths of the MLP head (may be empty).
+        - `head_sizes`: hidden widths of the MLP head, any widths (may be empty).
         - `activation`: elementwise activation everywhere.
-        - `layer_norm`: channel layer norm after each equivariant layer (needs
-          `hidden_channels >= 2`).
+        - `norm`: `"layer"` (default) puts a [`nfn.ChannelLayerNorm`][] after each equivariant
+          layer (needs `hidden_channels >= 2`). It normalises every position's channels, so the
+          encoder cannot see the global scale of the weights at initialisation (`f` and `3 f`
+          give the same output while the biases are zero), and only through the learned biases
+          later. Pass `None` where the weights' scale matters (e.g. predicting a network's
+          output magnitude).
+        - `dropout`: dropout probability after every hidden activation ([`nfn.FeatureDropout`][]
+          on features, `eqx.nn.Dropout` before the head).
+        - `inference`: the default of the call's `inference` flag (no dropout when true).
+        - `key`: PRNG key for the initialisation.
         """
         if not isinstance(depth, int) or depth < 0:
             raise ValueError(f"depth must be an int >= 0, got {depth!r}")
-        widths = list(head_sizes)
-        if len(set(widths)) > 1:
-            raise ValueError(f"head_sizes must all be equal (an eqx.nn.MLP), got {widths}")
+        _check_dropout(dropout)
+        widths = [int(w) for w in head_sizes]
+        if any(w < 1 for w in widths):
+            raise ValueError(f"head_sizes must be positive, got {list(head_sizes)}")
         keys = jax.random.split(key, depth + 2)
         channels = [in_channels] + [hidden_channels] * depth
         self.equivariant = tuple(
             EquivariantLinear(space, c_in, c_out, key=k)
             for c_in, c_out, k in zip(channels[:-1], channels[1:], keys[:depth])
         )
-        self.norms = (
-            tuple(ChannelLayerNorm(space, hidden_channels) for _ in range(depth))
-            if layer_norm and depth > 0
-            else None
-        )
+        self.norms = _norms(space, hidden_channels, depth, norm)
         self.invariant = InvariantLinear(space, channels[-1], invariant_features, key=keys[-2])
-        self.head = eqx.nn.MLP(
-            invariant_features,
-            out_size,
-            width_size=widths[0] if widths else invariant_features,
-            depth=len(widths),
-            activation=activation,
-            key=keys[-1],
+        # Split like eqx.nn.MLP (one key per layer, the last for the output layer), so equal
+        # widths give the same initial head as an eqx.nn.MLP with the same key.
+        head_keys = jax.random.split(keys[-1], len(widths) + 1)
+        sizes = [invariant_features, *widths]
+        self.head = tuple(
+            eqx.nn.Linear(n_in, n_out, key=k)
+            for n_in, n_out, k in zip(sizes, [*widths, out_size], head_keys)
         )
         self.activation = activation
+        self.dropout, self.inference = dropout, inference
 
-    def __call__(self, features: PyTree[Float[Array, "..."]]) -> Float[Array, "..."]:
+    def __call__(
+        self,
+        features: PyTree[Float[Array, "..."]],
+        *,
+        key: PRNGKeyArray | None = None,
+        inference: bool | None = None,
+    ) -> Float[Array, "..."]:
+        """Encode one network's features; `key` is needed when dropout is active."""
+        inference = self.inference if inference is None else inference
+        keys = _dropout_keys(self.dropout, inference, key, len(self.equivariant) + len(self.head))
         for k, layer in enumerate(self.equivariant):
-            features = layer(features)
-            if self.norms is not None:
-                features = self.norms[k](features)
-            features = jax.tree_util.tree_map(self.activation, features)
-        return self.head(self.activation(self.invariant(features)))
+            norm = None if self.norms is None else self.norms[k]
+            features = _hidden_block(layer, norm, self.activation, self.dropout, features, keys[k])
+        x = self.activation(self.invariant(features))
+        last = len(self.head) - 1
+        for k, (layer, dropout_key) in enumerate(zip(self.head, keys[len(self.equivariant) :])):
+            if dropout_key is not None:
+                x = eqx.nn.Dropout(self.dropout)(x, key=dropout_key)
+            x = layer(x)
+            if k < last:
+                x = self.activation(x)
+        return x
+
+    def with_space(self, space: WeightSpace) -> "InvariantEncoder":
+        """This encoder, with the same parameters, on a space of other hidden widths (see
+        [`nfn.EquivariantLinear.with_space`][]): an encoder trained on networks of one width
+        encodes networks of another."""
+        equivariant = tuple(layer.with_space(space) for layer in self.equivariant)
+        norms = None if self.norms is None else tuple(n.with_space(space) for n in self.norms)
+        return eqx.tree_at(
+            lambda m: (m.equivariant, m.norms, m.invariant),
+            self,
+            (equivariant, norms, self.invariant.with_space(space)),
+            is_leaf=lambda x: x is None,
+        )
 
 
 class StatisticsFeaturizer(eqx.Module):

@@ -5,7 +5,6 @@ combination of one basis map per partition of (output axes + input axes) whose b
 axes of a single id.
 """
 
-import functools
 import itertools
 from collections.abc import Sequence
 
@@ -27,7 +26,6 @@ def set_partitions(items: Sequence[int]) -> list[Partition]:
     return out
 
 
-@functools.cache
 def id_partitions(ids: tuple[int, ...]) -> tuple[Partition, ...]:
     """Partitions of positions `0..len(ids)-1` whose blocks hold positions of one id only.
 

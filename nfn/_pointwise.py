@@ -26,7 +26,13 @@ class Pointwise(eqx.Module):
 
 class ChannelLayerNorm(eqx.Module):
     """Layer normalisation over the channel axis at every position, with a learned per-leaf,
-    per-channel scale and offset."""
+    per-channel scale and offset.
+
+    Each position's channel vector is centred and scaled to unit variance, so the output does not
+    depend on the scale of its input: after a bias-free linear layer, features `f` and `3 f` give
+    the same output (up to `eps`). Leave it out where the global scale of a network's weights
+    carries information.
+    """
 
     scale: tuple[Float[Array, " channels"], ...]
     offset: tuple[Float[Array, " channels"], ...]
@@ -44,6 +50,14 @@ class ChannelLayerNorm(eqx.Module):
         self.space, self.channels, self.eps = space, channels, eps
         self.scale = tuple(ones((channels,), dtype) for _ in space.leaves)
         self.offset = tuple(zeros((channels,), dtype) for _ in space.leaves)
+
+    def with_space(self, space: WeightSpace) -> "ChannelLayerNorm":
+        """This layer, with the same parameters, on a space of other hidden widths (see
+        [`nfn.WeightSpace.check_transferable_to`][])."""
+        self.space.check_transferable_to(space)
+        dtype = self.scale[0].dtype if self.scale else None
+        shell = ChannelLayerNorm(space, self.channels, eps=self.eps, dtype=dtype)
+        return eqx.tree_at(lambda m: (m.scale, m.offset), shell, (self.scale, self.offset))
 
     def __call__(self, features: PyTree[Float[Array, "..."]]) -> PyTree[Float[Array, "..."]]:
         leaves = self.space.flatten(features, channels=True)

@@ -13,6 +13,46 @@ import numpy as np
 Axes = tuple[int | None, ...]
 
 
+@dataclasses.dataclass(frozen=True, init=False)
+class Packed:
+    """A spec entry for one array axis that packs several axes, row-major.
+
+    `Packed((None, 4), (0, 16))` describes an axis of size 64 made of 4 blocks of 16: the block
+    index is fixed and, inside every block, permutation id `0` acts on the 16 entries (the same
+    permutation in every block). This is the layout of an LSTM's gate-packed axis
+    (`4 * hidden`) or an attention projection's `heads * head_size` axis
+    (`Packed((heads_id, heads), (dims_id, head_size))`). Layers and the group action see the
+    factors as separate axes.
+
+    **Arguments:** one `(id, size)` pair per factor, outermost first; `id` is an `int` or
+    `None` (fixed).
+    """
+
+    factors: tuple[tuple[int | None, int], ...]
+
+    def __init__(self, *factors: tuple[int | None, int]):
+        if not factors:
+            raise ValueError("Packed needs at least one (id, size) factor")
+        clean = []
+        for factor in factors:
+            if not (isinstance(factor, tuple) and len(factor) == 2):
+                raise ValueError(f"Packed factors are (id, size) pairs, got {factor!r}")
+            pid, size = factor
+            if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
+                raise ValueError(f"Packed factor {factor!r}: size must be a positive int")
+            if isinstance(pid, numbers.Integral) and not isinstance(pid, bool):
+                pid = int(pid)
+            clean.append((pid, int(size)))
+        object.__setattr__(self, "factors", tuple(clean))
+
+    @property
+    def size(self) -> int:
+        return math.prod(size for _, size in self.factors)
+
+    def __repr__(self) -> str:
+        return f"Packed{self.factors}"
+
+
 @dataclasses.dataclass(frozen=True)
 class LeafSpace:
     """One array leaf of a weight space.
@@ -23,11 +63,20 @@ class LeafSpace:
     - `shape`: the leaf's shape (without any channel axis).
     - `axes`: one entry per axis: an `int` permutation id (the axis is permuted by that
       permutation) or `None` (the axis is fixed).
+    - `stored_shape`: the array's own shape when a spec entry [`nfn.Packed`][] split one of its
+      axes; `shape` and `axes` then describe the unpacked view the layers and the group action
+      work on. `None` when nothing is packed.
     """
 
     path: str
     shape: tuple[int, ...]
     axes: Axes
+    stored_shape: tuple[int, ...] | None = None
+
+    @property
+    def array_shape(self) -> tuple[int, ...]:
+        """The shape of the leaf's array (without any channel axis)."""
+        return self.shape if self.stored_shape is None else self.stored_shape
 
     @property
     def permuted_positions(self) -> tuple[int, ...]:
@@ -60,7 +109,9 @@ class LeafSpace:
 
 def _is_axes(x: Any) -> bool:
     # A spec leaf is a tuple of scalars; containers of the pytree itself hold modules or arrays.
-    return isinstance(x, tuple) and all(a is None or isinstance(a, numbers.Number | str) for a in x)
+    return isinstance(x, tuple) and all(
+        a is None or isinstance(a, numbers.Number | str | Packed) for a in x
+    )
 
 
 def _leaf_error(path: str, message: str) -> ValueError:
@@ -149,16 +200,44 @@ class WeightSpace:
                     path_str,
                     f"spec entry {axes!r} is not a tuple of ints and Nones, one per axis",
                 )
-            axes = tuple(
+            array_shape = tuple(int(d) for d in array.shape)
+            if len(axes) != len(array_shape):
+                raise _leaf_error(
+                    path_str,
+                    f"spec {axes} has {len(axes)} axes but the array has rank "
+                    f"{len(array_shape)} (shape {array_shape})",
+                )
+            shape, flat_axes = [], []
+            for axis, (entry, size) in enumerate(zip(axes, array_shape)):
+                if isinstance(entry, Packed):
+                    if entry.size != size:
+                        raise _leaf_error(
+                            path_str,
+                            f"axis {axis} has size {size} but {entry} packs {entry.size} entries",
+                        )
+                    shape += [n for _, n in entry.factors]
+                    flat_axes += [pid for pid, _ in entry.factors]
+                else:
+                    shape.append(size)
+                    flat_axes.append(entry)
+            flat_axes = [
                 int(a) if isinstance(a, numbers.Integral) and not isinstance(a, bool) else a
-                for a in axes
-            )
+                for a in flat_axes
+            ]
             # Checked here, before building the typed LeafSpace, so a bad id is a ValueError
             # naming the leaf and axis even under a runtime type checker.
-            for axis, pid in enumerate(axes):
+            for axis, pid in enumerate(flat_axes):
                 if pid is not None and (isinstance(pid, bool) or not isinstance(pid, int)):
                     raise _bad_id(path_str, axis, pid)
-            leaves.append(LeafSpace(path_str, tuple(int(d) for d in array.shape), axes))
+            packed = any(isinstance(entry, Packed) for entry in axes)
+            leaves.append(
+                LeafSpace(
+                    path_str,
+                    tuple(shape),
+                    tuple(flat_axes),
+                    array_shape if packed else None,
+                )
+            )
         return cls(treedef, tuple(leaves))
 
     @property
@@ -192,7 +271,16 @@ class WeightSpace:
     def table(self) -> str:
         """A readable table: one row per leaf with its path, shape and axes."""
         rows = [("leaf", "shape", "axes")]
-        rows += [(leaf.path, str(leaf.shape), str(leaf.axes)) for leaf in self.leaves]
+        rows += [
+            (
+                leaf.path,
+                str(leaf.shape)
+                if leaf.stored_shape is None
+                else f"{leaf.stored_shape} as {leaf.shape}",
+                str(leaf.axes),
+            )
+            for leaf in self.leaves
+        ]
         widths = [max(len(row[c]) for row in rows) for c in range(3)]
         lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
         sizes = ", ".join(f"{pid}: {size}" for pid, size in self.sizes.items())
@@ -205,8 +293,49 @@ class WeightSpace:
             f"ids {self.sizes})\n{self.table()}"
         )
 
+    def __reduce__(self):
+        # A PyTreeDef of an Equinox module does not survive pickling equal to itself (its
+        # metadata holds a sentinel object that unpickles as a new object). A skeleton (the
+        # structure with leaf numbers as leaves) pickles as ordinary objects and flattens back
+        # to the same structure, so the space compares equal after a round trip.
+        skeleton = jax.tree_util.tree_unflatten(self.treedef, list(range(len(self.leaves))))
+        return (_from_skeleton, (skeleton, self.leaves))
+
+    def check_transferable_to(self, other: "WeightSpace") -> None:
+        """Check that layers built for this space can act on `other`: the same leaves in the same
+        order with the same axes and the same fixed-axis sizes; only the sizes of permuted axes
+        (hidden widths) may differ.
+
+        **Raises:** `ValueError` naming the first leaf and axis that differ.
+        """
+        if len(self.leaves) != len(other.leaves):
+            raise ValueError(
+                f"cannot move to a weight space with {len(other.leaves)} leaves from one with "
+                f"{len(self.leaves)}; only the sizes of permuted axes may change"
+            )
+        for old, new in zip(self.leaves, other.leaves):
+            if old.axes != new.axes:
+                raise _leaf_error(
+                    new.path, f"axes {new.axes} differ from {old.axes} (leaf {old.path})"
+                )
+            for axis in new.fixed_positions:
+                if old.shape[axis] != new.shape[axis]:
+                    raise _leaf_error(
+                        new.path,
+                        f"fixed axis {axis} has size {new.shape[axis]} instead of "
+                        f"{old.shape[axis]}; fixed axes are mixed densely, so their sizes "
+                        "cannot change",
+                    )
+
     def unflatten(self, leaves: list[Any]) -> Any:
-        """Rebuild a pytree of this space's structure from leaves in leaf order."""
+        """Rebuild a pytree of this space's structure from leaves in leaf order (in the
+        unpacked layout `flatten` returns; packed axes are packed back)."""
+        leaves = [
+            x
+            if leaf.stored_shape is None
+            else jnp.reshape(x, leaf.stored_shape + tuple(x.shape[len(leaf.shape) :]))
+            for leaf, x in zip(self.leaves, leaves)
+        ]
         return jax.tree_util.tree_unflatten(self.treedef, leaves)
 
     def flatten(self, tree: Any, *, channels: bool, name: str = "features") -> list[jax.Array]:
@@ -217,19 +346,18 @@ class WeightSpace:
         """
         tree_leaves, treedef = jax.tree_util.tree_flatten(tree)
         if treedef != self.treedef:
-            raise ValueError(
-                f"{name} do not have the structure of the weight space: expected {self.treedef}, "
-                f"got {treedef}"
-            )
+            difference = _first_difference(self.treedef, treedef, "")
+            raise ValueError(f"{name} do not have the structure of the weight space: {difference}")
         channel_count = None
         for leaf, x in zip(self.leaves, tree_leaves):
             if not hasattr(x, "shape"):
                 raise _leaf_error(leaf.path, f"{name} leaf is a {type(x).__name__}, not an array")
-            expected_rank = len(leaf.shape) + (1 if channels else 0)
-            if x.ndim != expected_rank or tuple(x.shape[: len(leaf.shape)]) != leaf.shape:
+            expected = leaf.array_shape
+            expected_rank = len(expected) + (1 if channels else 0)
+            if x.ndim != expected_rank or tuple(x.shape[: len(expected)]) != expected:
                 trailing = " + (channels,)" if channels else ""
                 raise _leaf_error(
-                    leaf.path, f"{name} leaf has shape {x.shape}, expected {leaf.shape}{trailing}"
+                    leaf.path, f"{name} leaf has shape {x.shape}, expected {expected}{trailing}"
                 )
             if channels:
                 if channel_count is None:
@@ -240,7 +368,12 @@ class WeightSpace:
                         f"{name} leaf has {x.shape[-1]} channels but earlier leaves have "
                         f"{channel_count}",
                     )
-        return [jnp.asarray(x) for x in tree_leaves]
+        return [
+            jnp.asarray(x)
+            if leaf.stored_shape is None
+            else jnp.reshape(jnp.asarray(x), leaf.shape + tuple(x.shape[len(leaf.array_shape) :]))
+            for leaf, x in zip(self.leaves, tree_leaves)
+        ]
 
 
 def _structure_mismatch(params: Any, spec: Any) -> str:
@@ -261,3 +394,63 @@ def _structure_mismatch(params: Any, spec: Any) -> str:
     if not details:
         details.append("the containers differ (e.g. a list against a tuple, or module types)")
     return "spec does not have the structure of params; " + "; ".join(details)
+
+
+def _from_skeleton(skeleton: Any, leaves: tuple[LeafSpace, ...]) -> WeightSpace:
+    return WeightSpace(jax.tree_util.tree_structure(skeleton), leaves)
+
+
+def _child_names(node_type: type, data: Any, count: int) -> list[str]:
+    """Key-path names of a pytree node's children, as `jax.tree_util.keystr` writes them."""
+    if node_type is dict and isinstance(data, list | tuple) and len(data) == count:
+        return [f"[{key!r}]" for key in data]
+    if dataclasses.is_dataclass(node_type):
+        dynamic = [f.name for f in dataclasses.fields(node_type) if not f.metadata.get("static")]
+        if len(dynamic) == count:
+            return [f".{name}" for name in dynamic]
+    return [f"[{k}]" for k in range(count)]
+
+
+def _static_difference(node_type: type, expected: Any, got: Any) -> str:
+    if dataclasses.is_dataclass(node_type) and isinstance(expected, tuple):
+        static = [f.name for f in dataclasses.fields(node_type) if f.metadata.get("static")]
+        if static and len(expected) == len(got) >= len(static):
+            # Equinox keeps the static field values last, in field order.
+            pairs = zip(static, expected[-len(static) :], got[-len(static) :])
+            diffs = [f"{field} expected {a!r}, got {b!r}" for field, a, b in pairs if a != b]
+            if diffs:
+                return ", ".join(diffs)
+    return f"metadata expected {expected!r}, got {got!r}"
+
+
+def _first_difference(expected: Any, got: Any, path: str) -> str:
+    """Where two PyTreeDefs first differ, in one line (expected values first)."""
+    where = f"at {path}" if path else "at the root"
+    expected_data, got_data = expected.node_data(), got.node_data()
+    if expected_data is None or got_data is None:
+        if expected_data is None and got_data is None:
+            return f"{where}: the structures differ"
+        kind = "an array leaf" if expected_data is None else expected_data[0].__name__
+        found = "an array leaf" if got_data is None else got_data[0].__name__
+        return f"{where}: expected {kind}, got {found}"
+    (expected_type, expected_aux), (got_type, got_aux) = expected_data, got_data
+    if expected_type is not got_type:
+        return f"{where}: expected a {expected_type.__name__}, got a {got_type.__name__}"
+    expected_children, got_children = expected.children(), got.children()
+    if expected_aux != got_aux or len(expected_children) != len(got_children):
+        if expected_type is dict:
+            missing = sorted(set(expected_aux) - set(got_aux), key=str)
+            extra = sorted(set(got_aux) - set(expected_aux), key=str)
+            return f"{where}: missing keys {missing}, unexpected keys {extra}"
+        if len(expected_children) != len(got_children) and expected_aux == got_aux:
+            return (
+                f"{where}: {expected_type.__name__} with {len(got_children)} entries, expected "
+                f"{len(expected_children)}"
+            )
+        detail = _static_difference(expected_type, expected_aux, got_aux)
+        return f"{where}: {expected_type.__name__} differs: {detail}"
+    names = _child_names(expected_type, expected_aux, len(expected_children))
+    for name, a, b in zip(names, expected_children, got_children):
+        if a != b:
+            return _first_difference(a, b, path + name)
+    return f"{where}: the structures differ"

@@ -1,6 +1,8 @@
 """The permutation action: group laws, independence per id, and function preservation on real
 Equinox networks (the oracle for the action), plus feature conversions."""
 
+import re
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -42,16 +44,19 @@ def as_jax(tree):
 
 
 @eqx.filter_jit
-def _laws(space, x, p, q):
+def _laws(space, x, p, q, channels):
+    def act(tree, perm):
+        return nfn.permute(space, tree, perm, channels=channels)
+
     ident = nfn.identity_permutation(space)
-    px = nfn.permute(space, x, p)
+    px = act(x, p)
     return {
-        "identity": nfn.permute(space, x, ident),
+        "identity": act(x, ident),
         "p": px,
-        "then_q": nfn.permute(space, px, q),
-        "composed": nfn.permute(space, x, nfn.compose_permutations(p, q)),
-        "round_trip": nfn.permute(space, px, nfn.invert_permutation(p)),
-        "inverse_first": nfn.permute(space, nfn.permute(space, x, nfn.invert_permutation(p)), p),
+        "then_q": act(px, q),
+        "composed": act(x, nfn.compose_permutations(p, q)),
+        "round_trip": act(px, nfn.invert_permutation(p)),
+        "inverse_first": act(act(x, nfn.invert_permutation(p)), p),
         "compose_inverse": nfn.compose_permutations(p, nfn.invert_permutation(p)),
         "ident": ident,
     }
@@ -65,7 +70,7 @@ def test_group_action_laws(drawn, seed, with_channels):
     x = as_jax(random_features(params, 2, seed) if with_channels else params)
     p = nfn.sample_permutation(space, key=jax.random.key(seed))
     q = nfn.sample_permutation(space, key=jax.random.key(seed + 1))
-    r = _laws(space, x, p, q)
+    r = _laws(space, x, p, q, with_channels)
     assert_trees_equal(r["identity"], x)
     assert_trees_equal(r["p"], reference_permute(space, x, p))
     assert_trees_equal(r["then_q"], r["composed"])
@@ -305,3 +310,51 @@ def test_grouped_conv_channels_are_not_a_free_symmetry():
     # Swapping channels within a group would be fine; across groups (0 <-> 2) it is not.
     perm = {0: jnp.asarray([2, 1, 0, 3])}
     assert_clearly_different(*_original_and_permuted(model, naive, perm, x))
+
+
+# --------------------------------------------------------------------------- batches and bad input
+
+
+def test_stacked_batch_is_not_mistaken_for_channels():
+    """16 networks of an MLP(16 -> 16 -> 16), stacked, have the shapes of one network's features
+    with 16 channels; guessing would permute the batch axis."""
+    keys = jax.random.split(jax.random.key(0), 16)
+    nets = [eqx.filter(eqx.nn.MLP(16, 16, 16, 1, key=k), eqx.is_array) for k in keys]
+    space = nfn.weight_space(eqx.nn.MLP(16, 16, 16, 1, key=keys[0]))
+    batch = nfn.stack(nets)
+    perm = host_permutation(space, 0)
+    with pytest.raises(ValueError, match="vmap"):
+        nfn.permute(space, batch, perm)
+    # Saying what the tree is resolves it; vmap permutes every network on its own.
+    one_by_one = nfn.stack([nfn.permute(space, net, perm) for net in nets])
+    vmapped = jax.vmap(lambda t: nfn.permute(space, t, perm, channels=False))(batch)
+    assert_trees_equal(vmapped, one_by_one)
+    as_features = nfn.permute(space, batch, perm, channels=True)
+    assert_trees_equal(as_features, reference_permute(space, batch, perm))
+
+
+def test_batch_of_parameters_names_vmap():
+    space = nfn.WeightSpace.from_spec({"w": np.zeros((3, 2))}, {"w": (0, None)})
+    with pytest.raises(ValueError, match="vmap"):
+        nfn.permute(space, {"w": jnp.zeros((5, 3, 2))}, {0: jnp.arange(3)})
+    with pytest.raises(ValueError, match=r"\['w'\]"):
+        nfn.permute(space, {"w": jnp.zeros((5, 3, 2))}, {0: jnp.arange(3)}, channels=False)
+
+
+@pytest.mark.parametrize(
+    "bad, fragment",
+    [
+        ([0, 0, 2], "index 0 appears 2 times and index 1 is missing"),
+        ([0, 1, 3], "outside range(3)"),
+        ([-1, 0, 1], "outside range(3)"),
+    ],
+)
+def test_permute_rejects_index_arrays_that_are_not_permutations(bad, fragment):
+    space = nfn.WeightSpace.from_spec({"a": np.zeros((3, 2))}, {"a": (7, None)})
+    with pytest.raises(ValueError, match=re.escape("id 7 is not a permutation of range(3)")):
+        nfn.permute(space, {"a": jnp.zeros((3, 2))}, {7: jnp.asarray(bad)})
+    with pytest.raises(ValueError, match=re.escape(fragment)):
+        nfn.permute(space, {"a": jnp.zeros((3, 2))}, {7: jnp.asarray(bad)})
+    # Under the test suite's runtime type checker the annotation rejects floats first.
+    with pytest.raises((ValueError, TypeError), match="int"):
+        nfn.permute(space, {"a": jnp.zeros((3, 2))}, {7: jnp.asarray([0.0, 1.0, 2.0])})

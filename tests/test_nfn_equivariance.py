@@ -67,10 +67,10 @@ def _equivariance_pair(layer, space, out_space, x, perm):
 
     f runs once, vmapped over (x, g . x), so it is traced and compiled once.
     """
-    ys = jax.vmap(layer)(nfn.stack([x, nfn.permute(space, x, perm)]))
+    ys = jax.vmap(layer)(nfn.stack([x, nfn.permute(space, x, perm, channels=True)]))
     y, y_g = _first(ys, 0), _first(ys, 1)
     if out_space is not None:
-        y = nfn.permute(out_space, y, perm)
+        y = nfn.permute(out_space, y, perm, channels=True)
     return y, y_g
 
 

@@ -59,8 +59,8 @@ def test_channel_layer_norm_normalises_every_position():
         np.testing.assert_allclose(np.asarray(c), expected, rtol=1e-5, atol=1e-5)
     # Equivariant: normalising commutes with permutations of positions.
     perm = nfn.sample_permutation(space, key=jax.random.key(3))
-    a = nfn.permute(space, z, perm)
-    b = eqx.filter_jit(affine)(nfn.permute(space, x, perm))
+    a = nfn.permute(space, z, perm, channels=True)
+    b = eqx.filter_jit(affine)(nfn.permute(space, x, perm, channels=True))
     for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-6, atol=1e-6)
 
@@ -123,7 +123,9 @@ def test_statistics_featurizer_values_and_invariance():
     np.testing.assert_allclose(stats, np.concatenate(expected), rtol=1e-5, atol=1e-6)
     # Invariant to the weight-space action, and to any shuffle of a leaf's positions.
     perm = nfn.sample_permutation(space, key=jax.random.key(8))
-    np.testing.assert_allclose(np.asarray(run(nfn.permute(space, x, perm))), stats, atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(run(nfn.permute(space, x, perm, channels=True))), stats, atol=1e-6
+    )
     rng = np.random.default_rng(9)
     shuffled = space.unflatten(
         [

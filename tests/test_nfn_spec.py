@@ -1,5 +1,6 @@
 """Weight-space specs: validation errors, tables, sizes, deep specs and derivation from models."""
 
+import pickle
 import re
 
 import equinox as eqx
@@ -320,10 +321,11 @@ def test_weight_space_sequential_of_linears_matches_mlp():
 
 
 def test_unsupported_module_mentions_from_spec():
-    with raises_naming("GRUCell", "WeightSpace.from_spec"):
-        nfn.weight_space(eqx.nn.GRUCell(2, 3, key=KEY))
-    seq = eqx.nn.Sequential([eqx.nn.Linear(2, 3, key=KEY), eqx.nn.LayerNorm(3)])
-    with raises_naming("LayerNorm", "layers[1]", "WeightSpace.from_spec"):
+    # Group norm mixes channels within groups: not one free permutation of the channels.
+    with raises_naming("GroupNorm", "WeightSpace.from_spec", "hooks="):
+        nfn.weight_space(eqx.nn.GroupNorm(2, 4))
+    seq = eqx.nn.Sequential([eqx.nn.Linear(2, 4, key=KEY), eqx.nn.GroupNorm(2, 4)])
+    with raises_naming("GroupNorm", "layers[1]", "WeightSpace.from_spec"):
         nfn.weight_space(seq)
 
 
@@ -345,3 +347,77 @@ def test_grouped_conv_is_rejected():
     for io in ("fixed", "permuted"):
         with raises_naming("groups=2", "layers[0]", "WeightSpace.from_spec"):
             nfn.weight_space(model, io=io)
+
+
+# --------------------------------------------------------------------------- structure, pickling
+
+
+def test_structure_mismatch_of_modules_names_the_field_not_whole_treedefs():
+    space = nfn.weight_space(eqx.nn.MLP(3, 2, 16, 1, key=KEY))
+    wider = eqx.filter(eqx.nn.MLP(3, 2, 32, 1, key=KEY), eqx.is_array)
+    with pytest.raises(ValueError, match="width_size expected 16, got 32") as info:
+        nfn.permute(space, wider, nfn.identity_permutation(space), channels=False)
+    assert "PyTreeDef" not in str(info.value) and "\n" not in str(info.value)
+    seq = eqx.nn.Sequential([eqx.nn.Linear(2, 3, key=KEY), eqx.nn.Linear(3, 2, key=KEY)])
+    other = eqx.nn.Sequential([eqx.nn.Linear(2, 3, key=KEY), eqx.nn.Linear(3, 4, key=KEY)])
+    with raises_naming("at .layers[1]", "out_features expected 2, got 4"):
+        nfn.weight_space(seq).flatten(eqx.filter(other, eqx.is_array), channels=False)
+
+
+def test_structure_mismatch_of_containers_names_the_path():
+    space = nfn.WeightSpace.from_spec({"a": arr(2), "b": (arr(2),)}, {"a": (0,), "b": ((0,),)})
+    cases = [
+        ({"a": arr(2), "c": (arr(2),)}, "missing keys ['b'], unexpected keys ['c']"),
+        ({"a": arr(2), "b": [arr(2)]}, "at ['b']: expected a tuple, got a list"),
+        ({"a": arr(2), "b": (arr(2), arr(2))}, "at ['b']: tuple with 2 entries, expected 1"),
+    ]
+    for tree, fragment in cases:
+        with raises_naming(fragment):
+            space.flatten(tree, channels=False)
+
+
+@settings(max_examples=10)
+@given(weight_spaces())
+def test_weight_space_equals_itself_after_pickling(drawn):
+    params, spec = drawn
+    space = nfn.WeightSpace.from_spec(params, spec)
+    again = pickle.loads(pickle.dumps(space))
+    assert again == space and hash(again) == hash(space)
+
+
+def test_derived_weight_space_survives_pickling():
+    model = eqx.nn.MLP(3, 2, 4, 2, key=KEY)
+    space = nfn.weight_space(model)
+    again = pickle.loads(pickle.dumps(space))
+    assert again == space and hash(again) == hash(space)
+    assert again.table() == space.table()
+    # It still describes freshly filtered parameters of the model.
+    again.flatten(eqx.filter(model, eqx.is_array), channels=False)
+
+
+# --------------------------------------------------------------------------- packed axes
+
+
+def test_packed_axes_unpack_for_layers_and_pack_back():
+    params = {"w": arr(12, 2), "b": arr(12)}
+    spec = {"w": (nfn.Packed((None, 4), (0, 3)), None), "b": (nfn.Packed((None, 4), (0, 3)),)}
+    space = nfn.WeightSpace.from_spec(params, spec)
+    assert [leaf.shape for leaf in space] == [(4, 3), (4, 3, 2)]  # leaves in key order: b, w
+    assert [leaf.stored_shape for leaf in space] == [(12,), (12, 2)]
+    assert space.sizes == {0: 3}
+    assert "(12, 2) as (4, 3, 2)" in space.table()
+    assert pickle.loads(pickle.dumps(space)) == space
+    values = {"w": jnp.arange(24.0).reshape(12, 2), "b": jnp.arange(12.0)}
+    perm = {0: jnp.asarray([2, 0, 1])}
+    out = nfn.permute(space, values, perm)
+    # Block g, entry i of the packed axis is row 3 g + i; each block is permuted on its own.
+    rows = np.concatenate([3 * g + np.asarray([2, 0, 1]) for g in range(4)])
+    np.testing.assert_array_equal(out["w"], np.asarray(values["w"])[rows])
+    np.testing.assert_array_equal(out["b"], np.asarray(values["b"])[rows])
+
+
+def test_packed_axis_of_the_wrong_size_names_leaf_and_axis():
+    with raises_naming("['w']", "axis 0 has size 12", "packs 9"):
+        nfn.WeightSpace.from_spec({"w": arr(12, 2)}, {"w": (nfn.Packed((None, 3), (0, 3)), None)})
+    with pytest.raises(ValueError, match="positive"):
+        nfn.Packed((None, 0))
