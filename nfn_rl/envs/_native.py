@@ -278,24 +278,31 @@ def _unpack_policy(
         ) from None
     if not isinstance(policy, eqx.nn.MLP):
         raise ValueError(f"expected an equinox.nn.MLP policy, got {type(policy).__name__}")
-    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
-    if not leaves:
-        raise ValueError("params has no array leaves")
-    first_path, first = leaves[0]
-    num = np.shape(first)[0] if np.ndim(first) else None
-    for path, leaf in leaves:
-        if np.ndim(leaf) == 0 or np.shape(leaf)[0] != num:
-            raise ValueError(
-                f"params{jax.tree_util.keystr(path)} has shape {np.shape(leaf)}; every leaf needs "
-                f"the leading (num_envs) axis {num} of params{jax.tree_util.keystr(first_path)}"
-            )
-    if num == 0:
-        raise ValueError("params hold 0 policies")
+    num, first = None, None
+    for index, layer in enumerate(policy.layers):
+        for name, ndim in (("weight", 3), ("bias", 2)):
+            leaf, where = getattr(layer, name), f"params.layers[{index}].{name}"
+            if leaf is None:
+                continue
+            shape = np.shape(leaf)
+            if len(shape) != ndim:
+                raise ValueError(
+                    f"{where} has shape {shape}; expected {ndim} axes, the first one num_envs "
+                    "(params of one unbatched policy?)"
+                )
+            if num is None:
+                num, first = shape[0], where
+            elif shape[0] != num:
+                raise ValueError(
+                    f"{where} has leading (num_envs) axis {shape[0]}, but {first} has {num}"
+                )
+    if not num:
+        raise ValueError("params hold no policies")
     layers = []
     in_size = 34
     for index, layer in enumerate(policy.layers):
         weight = np.asarray(layer.weight, np.float32)
-        if weight.ndim != 3 or weight.shape[2] != in_size:
+        if weight.shape[2] != in_size:
             raise ValueError(
                 f"params.layers[{index}].weight has shape {weight.shape}; expected "
                 f"({num}, out, {in_size})"
