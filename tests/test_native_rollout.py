@@ -109,12 +109,12 @@ def test_returns_agree_statistically(both):
     np.testing.assert_array_equal(length, (~trajectory.done).sum(1) + 1)
 
 
-def test_deterministic_and_independent_of_thread_count():
+def test_deterministic_and_independent_of_thread_count_and_dropping():
     env = Ant("torque", horizon=HORIZON)
     params, static = _population(env, 24)
     results = []
-    for threads in (1, 2, 2):
-        with NativeAntRollout(env, num_threads=threads) as native:
+    for threads, drop_done in ((1, True), (2, True), (2, True), (2, False)):
+        with NativeAntRollout(env, num_threads=threads, drop_done=drop_done) as native:
             results.append(native.episode_lengths_and_returns(params, static))
     for length, ret in results[1:]:
         np.testing.assert_array_equal(length, results[0][0])

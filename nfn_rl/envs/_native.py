@@ -72,12 +72,14 @@ class NativeAntRollout:
 
     A plain class, not an `equinox.Module`: it owns a native thread pool and per-thread ``MjData``
     scratch, mutable host resources that must not be traced, copied or compared as pytree leaves.
+    ``drop_done=False`` keeps stepping finished episodes (as the vmapped MJX rollout does) instead
+    of dropping them from the batch; the results are the same, only slower (for benchmarks).
     Release the pool with `close` or by using it as a context manager. Not thread-safe (one call at
     a time). Results are deterministic for a given input, and do not depend on ``num_threads``
     (each episode runs on one thread from a fully specified state).
     """
 
-    def __init__(self, env: Ant, num_threads: int | None = None):
+    def __init__(self, env: Ant, num_threads: int | None = None, *, drop_done: bool = True):
         if not isinstance(env, Ant):
             raise TypeError(f"NativeAntRollout needs an Ant env, got {type(env).__name__}")
         if num_threads is None:
@@ -94,6 +96,7 @@ class NativeAntRollout:
         self.n_substeps = env.n_substeps
         self.action_scale = env.action_scale
         self.num_threads = num_threads
+        self.drop_done = drop_done
         self._home_qpos32 = home_qpos.astype(np.float32)
         self._home_control32 = home_control.astype(np.float32)
         # The control a zero action produces, as in `Ant.reset`.
@@ -150,7 +153,6 @@ class NativeAntRollout:
 
         state = np.tile(self._home_state, (num, 1))
         warmstart = np.zeros((num, self._nv))  # a fresh MjData's, as MJX's make_data
-        control = np.tile(self._reset_control32, (num, 1))
         obs = np.tile(
             _observation(
                 self._home_state[1 : 1 + self._nq].astype(np.float32),
@@ -171,7 +173,8 @@ class NativeAntRollout:
             )
             trajectory.observations[:, 0] = obs
 
-        live = np.arange(num)  # the episodes still running, ascending
+        finished = np.zeros(num, bool)
+        live = np.arange(num)  # the episodes stepped: the running ones (all if not drop_done)
         evaluated = live  # the policies whose parameters `layers` holds, a superset of `live`
         models = [self.model] * num
         for step in range(limit):
@@ -183,7 +186,6 @@ class NativeAntRollout:
                 ctrl = self._home_control32 + np.float32(self.action_scale) * actions
             else:
                 ctrl = actions
-            control[live] = ctrl
 
             start, start_warm = state[live], warmstart[live]
             out = np.empty((live.size, self.n_substeps, self._nstate))
@@ -218,17 +220,23 @@ class NativeAntRollout:
             done = _fallen(qpos[:, 2]) | ~finite | (step + 1 >= limit)
 
             state[live], warmstart[live] = new, qacc
+            running = ~finished[live]
+            counted = live[running]
             obs[live] = _observation(qpos, qvel, ctrl, self._home_qpos32, np)
-            lengths[live] += 1
-            returns[live] += reward
+            lengths[counted] += 1
+            returns[counted] += reward[running]
+            finished[counted] |= done[running]
             if record:
-                trajectory.rewards[live, step] = reward
-                trajectory.done[live, step] = done
-                trajectory.observations[:, step + 1] = obs
+                trajectory.rewards[counted, step] = reward[running]
+                trajectory.done[counted, step] = done[running]
+                trajectory.observations[:, step + 1] = trajectory.observations[:, step]
+                trajectory.observations[counted, step + 1] = obs[counted]
 
-            live = live[~done]
-            if live.size == 0:
+            if finished.all():
                 break
+            if not self.drop_done:
+                continue
+            live = live[~done]
             # Re-gathering the parameters costs a copy of them; doing it only when the live batch
             # has halved bounds the wasted policy evaluations to the same factor of two.
             if 2 * live.size <= evaluated.size:
