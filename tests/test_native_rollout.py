@@ -133,6 +133,12 @@ def test_max_steps_and_record():
     assert trajectory.observations.shape == (8, 6, 34) and trajectory.rewards.shape == (8, 5)
     assert (length <= 5).all() and trajectory.done[:, -1].all()
     np.testing.assert_allclose(ret, trajectory.rewards.sum(1), rtol=1e-6)
+    with NativeAntRollout(env, num_threads=1) as native:
+        per_episode = np.arange(1, 9)
+        length, _ = native.episode_lengths_and_returns(params, static, max_steps=per_episode)
+        with pytest.raises(ValueError, match=r"shape \(8,\), got shape \(3,\)"):
+            native.episode_lengths_and_returns(params, static, max_steps=per_episode[:3])
+    assert (length <= per_episode).all() and length[0] == 1
 
 
 def test_nonfinite_physics_ends_the_episode_with_zero_reward():

@@ -131,7 +131,7 @@ class NativeAntRollout:
         params: PyTree,
         policy_static: PyTree,
         *,
-        max_steps: int | None = None,
+        max_steps: int | Int[np.ndarray, " n"] | None = None,
         record: bool = False,
     ) -> (
         tuple[Int[np.ndarray, " n"], Float[np.ndarray, " n"]]
@@ -141,16 +141,24 @@ class NativeAntRollout:
 
         ``params`` holds the array leaves of ``n`` stacked `eqx.nn.MLP` policies (leading axis
         ``n``; e.g. ``eqx.partition(perturb_population(policy, n, ...), eqx.is_array)``) and
-        ``policy_static`` the rest of the policy. ``max_steps`` truncates every episode earlier than
-        the env's horizon. Host code: call it outside ``jit``; JAX arrays are accepted and copied
-        to NumPy.
+        ``policy_static`` the rest of the policy. ``max_steps`` (an int, or one per episode) ends
+        episodes before the env's horizon (larger values are capped to it). Host code: call it
+        outside ``jit``; JAX arrays are accepted and copied to NumPy.
         """
         if self._pool is None:
             raise RuntimeError("this NativeAntRollout has been closed")
         layers, activation, final_activation, num = _unpack_policy(params, policy_static)
-        limit = self.horizon if max_steps is None else min(int(max_steps), self.horizon)
-        if limit < 1:
-            raise ValueError(f"max_steps must be positive, got {max_steps}")
+        if max_steps is None:
+            max_steps = self.horizon
+        if np.ndim(max_steps) not in (0, 1) or np.size(max_steps) not in (1, num):
+            raise ValueError(
+                f"max_steps must be an int or have shape ({num},), got shape {np.shape(max_steps)}"
+            )
+        if np.min(max_steps) < 1:
+            raise ValueError(f"max_steps must be positive, got {np.min(max_steps)}")
+        # Per episode; values beyond the horizon are capped to it.
+        episode_limit = np.minimum(np.broadcast_to(max_steps, (num,)), self.horizon)
+        limit = int(episode_limit.max())
 
         state = np.tile(self._home_state, (num, 1))
         warmstart = np.zeros((num, self._nv))  # a fresh MjData's, as MJX's make_data
@@ -218,7 +226,7 @@ class NativeAntRollout:
             qvel = new[:, qvel_slice].astype(np.float32)
             velocity = _rotate_into_frame(qpos[:, 3:7], qvel[:, 0:3], np)
             reward = np.where(finite, _tracking_reward(velocity[:, :2], np), np.float32(0.0))
-            done = _fallen(qpos[:, 2]) | ~finite | (step + 1 >= limit)
+            done = _fallen(qpos[:, 2]) | ~finite | (step + 1 >= episode_limit[live])
 
             state[live], warmstart[live] = new, qacc
             running = ~finished[live]
