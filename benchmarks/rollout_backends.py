@@ -13,7 +13,9 @@ preset's policy and noise scale) play one episode each from the home reset:
 Steps are counted as ``envs x horizon`` on every backend (the nominal steps of a fixed-horizon
 rollout), so dropping finished episodes shows up as speed; the "alive" column is the fraction of
 those steps before episodes end (1.0 when no episode ends early). The last line is
-``native/mjx env steps/s at 2048 envs (torque Ant): X.XXx``.
+``native/mjx env steps/s at 2048 envs (torque Ant): X.XXx``. On a shared machine the wall-clock
+numbers depend on the other processes' load (printed before and after); the last two columns,
+steps per CPU-second of this process (all its threads), are less sensitive to it.
 
 Cost on 2 CPU cores: about two minutes at the defaults (most of it MJX compiling and running the
 position variant at 4096 envs); the machine should otherwise be idle.
@@ -56,10 +58,11 @@ def _population(env: Ant, num: int):
     return eqx.partition(population, eqx.is_array)
 
 
-def _seconds(fn) -> float:
-    start = time.perf_counter()
+def _seconds(fn) -> tuple[float, float]:
+    """Wall-clock and CPU seconds (all threads of this process) of ``fn()``."""
+    start, cpu_start = time.perf_counter(), time.process_time()
     fn()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu_start
 
 
 def measure(variant: str, num: int, args: Args) -> dict[str, float]:
@@ -85,12 +88,14 @@ def measure(variant: str, num: int, args: Args) -> dict[str, float]:
         lengths, _ = native.episode_lengths_and_returns(params, static)
         # Interleaved and the best of `repeats`, so that load from other processes on a shared
         # machine biases no backend in particular.
-        best = {name: float("inf") for name in backends}
+        best = {name: (float("inf"), float("inf")) for name in backends}
         for _ in range(args.repeats):
             for name, fn in backends.items():
                 best[name] = min(best[name], _seconds(fn))
     steps = num * args.horizon
-    return {"alive": float(lengths.sum()) / steps} | {k: steps / t for k, t in best.items()}
+    row = {"alive": float(lengths.sum()) / steps}
+    row |= {name: steps / wall for name, (wall, _) in best.items()}
+    return row | {f"{name}_cpu": steps / cpu for name, (_, cpu) in best.items()}
 
 
 def main(args: Args) -> None:
@@ -104,7 +109,7 @@ def main(args: Args) -> None:
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     header = (
         f"{'variant':>8} {'envs':>5} {'alive':>5} {'mjx steps/s':>12} {'native':>12} "
-        f"{'native, all':>12} {'native/mjx':>10}"
+        f"{'native, all':>12} {'native/mjx':>10} {'per CPU-s: mjx':>15} {'native':>10}"
     )
     print(header)
     ratio_2048 = None
@@ -119,7 +124,8 @@ def main(args: Args) -> None:
                 ratio_2048 = ratio
             print(
                 f"{variant:>8} {num:>5} {row['alive']:>5.2f} {row['mjx']:>12,.0f} "
-                f"{row['native']:>12,.0f} {row['native_all']:>12,.0f} {ratio:>9.2f}x",
+                f"{row['native']:>12,.0f} {row['native_all']:>12,.0f} {ratio:>9.2f}x "
+                f"{row['mjx_cpu']:>15,.0f} {row['native_cpu']:>10,.0f}",
                 flush=True,
             )
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")

@@ -98,6 +98,7 @@ class NativeAntRollout:
         self.action_scale = env.action_scale
         self.num_threads = num_threads
         self.drop_done = drop_done
+        self._chunks_per_thread = 4
         self._home_qpos32 = home_qpos.astype(np.float32)
         self._home_control32 = home_control.astype(np.float32)
         # The control a zero action produces, as in `Ant.reset`.
@@ -208,7 +209,7 @@ class NativeAntRollout:
                 nstep=self.n_substeps,
                 initial_warmstart=start_warm,
                 state=out,
-                chunk_size=max(1, live.size // (4 * self.num_threads)),
+                chunk_size=max(1, live.size // (self._chunks_per_thread * self.num_threads)),
             )
             new = out[:, -1]
             # rollout() takes the solver's warmstart but does not return it. It is the last qacc,
