@@ -21,11 +21,12 @@ All ``n`` environments advance in lock-step. Each control step:
 Finished episodes are dropped from the batch (their physics is no longer stepped and, once the live
 batch has halved, their policies are no longer evaluated).
 
-Why the numbers differ from MJX: MuJoCo's C engine runs in float64 where MJX runs in float32, and
-the two implement the (one-iteration Newton) constraint solver and contact differently in detail.
-The trajectories agree closely for the first steps and then drift apart chaotically, so single
-returns differ while their distribution over many policies agrees (tests/test_native_rollout.py
-states the measured tolerances).
+Why the numbers differ from MJX: the Ant's MJCF asks for a single Newton iteration of the
+constraint solver, and MJX (float32) and the C engine (float64) compute that one unconverged step
+differently (with the solver run to convergence they agree closely). The trajectories agree for
+the first steps and then drift apart chaotically, so single returns differ while their
+distribution over many policies agrees (tests/test_native_rollout.py states the measured
+tolerances).
 """
 
 import os
@@ -65,11 +66,11 @@ class NativeAntRollout:
 
     ``NativeAntRollout(env, num_threads=None)`` copies ``env``'s variant and horizon and compiles
     the same MJCF (`nfn_rl.envs._ant._load_mj_model`); ``num_threads`` defaults to
-    ``os.cpu_count()``.
-    Then ``episode_lengths_and_returns(params, policy_static)`` plays one episode per policy from
-    the deterministic home reset and returns ``(lengths int32[n], returns float32[n])`` with the
-    semantics of `nfn_rl._rollout.episode_length_and_return` (rewards after the end do not count;
-    a step whose physics turns non-finite earns 0 and ends the episode).
+    ``os.cpu_count()``. Then ``episode_lengths_and_returns(params, policy_static)`` plays one
+    episode per policy from the deterministic home reset and returns ``(lengths int32[n],
+    returns float32[n])`` with the semantics of `nfn_rl._rollout.episode_length_and_return`
+    (rewards after the end do not count; a step whose physics turns non-finite earns 0 and ends
+    the episode).
 
     A plain class, not an `equinox.Module`: it owns a native thread pool and per-thread ``MjData``
     scratch, mutable host resources that must not be traced, copied or compared as pytree leaves.
@@ -98,6 +99,8 @@ class NativeAntRollout:
         self.action_scale = env.action_scale
         self.num_threads = num_threads
         self.drop_done = drop_done
+        # Work items per thread and control step: a few balance the threads when one is slowed
+        # down (by another process) at little scheduling cost; 1 to 40 measured alike on 2 cores.
         self._chunks_per_thread = 4
         self._home_qpos32 = home_qpos.astype(np.float32)
         self._home_control32 = home_control.astype(np.float32)
