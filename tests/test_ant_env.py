@@ -5,6 +5,8 @@ share one compiled full-horizon rollout (module-scoped fixture), run once over a
 """
 
 import math
+import subprocess
+import sys
 
 import equinox as eqx
 import jax
@@ -13,7 +15,13 @@ import numpy as np
 import pytest
 
 from nfn_rl.envs import Ant
-from nfn_rl.envs._ant import OBS_BOUND, AntState, _rotate_into_frame, tracking_reward
+from nfn_rl.envs._ant import (
+    OBS_BOUND,
+    AntState,
+    _load_mj_model,
+    _rotate_into_frame,
+    tracking_reward,
+)
 
 BATCH = 8
 HORIZON = 1000
@@ -153,12 +161,35 @@ def test_torque_variant_constructs_and_steps():
     assert env.variant == "torque" and env.n_substeps == 1
     assert (env.observation_size, env.action_size, env.max_return) == (34, 8, 10.0)
     state = env.reset(jax.random.key(0))
-    np.testing.assert_allclose(state.obs[0], 0.75, rtol=1e-6)
+    np.testing.assert_allclose(state.obs[0], 0.61, rtol=1e-6)
     step = jax.jit(lambda e, s, a: e.step(s, a))
     state = step(env, state, jnp.full((8,), 2.0))
     assert np.isfinite(np.asarray(state.obs)).all()
     np.testing.assert_array_equal(state.obs[26:], 1.0)  # the clipped action
     assert int(state.step_count) == 1 and not bool(state.done)
+
+
+@pytest.mark.parametrize("variant", ["position", "torque"])
+def test_home_pose_inside_joint_ranges(variant):
+    """At reset no joint limit is violated (it would snap the joint at the first step)."""
+    model, home_qpos, _ = _load_mj_model(variant)
+    for joint in range(1, model.njnt):  # joint 0 is the free joint
+        low, high = model.jnt_range[joint]
+        angle = home_qpos[model.jnt_qposadr[joint]]
+        assert low <= angle <= high, (variant, model.joint(joint).name, angle, (low, high))
+    state = Ant(variant=variant, horizon=10).reset(jax.random.key(0))
+    np.testing.assert_allclose(state.physics.qpos, home_qpos, rtol=1e-6)
+
+
+def test_importing_nfn_rl_prints_nothing():
+    """mujoco-mjx's "Failed to import warp" lines are swallowed; nothing else is printed."""
+    result = subprocess.run(
+        [sys.executable, "-c", "import nfn_rl, nfn_rl.envs"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert (result.stdout, result.stderr) == ("", "")
 
 
 def test_unknown_variant():

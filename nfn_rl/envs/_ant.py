@@ -11,7 +11,8 @@ two public versions of the task:
   with bent knees (0, 1.2, 0, -1.2, 0, -1.2, 0, 1.2).
 - ``"torque"`` (the 2024 version): torque motors with gear 150, ctrl = action; timestep 0.01 s with
   one substep (a quarter of the physics per control step); joints with armature 1, damping 1, no
-  frictionloss; home trunk height 0.75 with all joints at 0.
+  frictionloss; the same home pose as "position" (the 2024 version's straight legs at height 0.75
+  would put the knees outside their joint ranges, which the limits snap at the first step).
 
 Observation (34): trunk height (1), joint positions minus home (8), joint velocities (8), trunk
 linear velocity in the trunk frame (3), trunk angular velocity in the trunk frame (3), gravity
@@ -20,17 +21,38 @@ clipped action ("torque") (8). Reward ``exp(-|v_xy - (2, 0)|^2 / 0.25)`` from th
 linear velocity, so the maximum return equals the horizon.
 """
 
+import contextlib
 import importlib.resources
+import io
+import sys
+from types import ModuleType
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import mujoco
 import numpy as np
-from jaxtyping import Array, Float, Int, PRNGKeyArray
-from mujoco import mjx
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from nfn_rl.envs._protocol import Environment, EnvState
+
+# mujoco-mjx tries to import the optional NVIDIA Warp backend on import and *prints* (not logs or
+# warns) a line for each failure, so there is no logger or warning filter to target. Only those
+# two lines are swallowed; anything else mjx prints while importing is passed through.
+_MJX_IMPORT_NOISE = ("Failed to import warp:", "Failed to import mujoco_warp:")
+
+
+def _import_mjx() -> ModuleType:
+    captured = io.StringIO()
+    with contextlib.redirect_stdout(captured):
+        from mujoco import mjx
+    for line in captured.getvalue().splitlines(keepends=True):
+        if not line.startswith(_MJX_IMPORT_NOISE):
+            sys.stdout.write(line)
+    return mjx
+
+
+mjx = _import_mjx()
 
 OBS_BOUND = 100.0
 """Observations are clipped to [-OBS_BOUND, OBS_BOUND] (after NaN/inf are replaced), so that a
@@ -47,21 +69,62 @@ _OBS_SIZE = 34
 _VARIANTS = ("position", "torque")
 
 
-def tracking_reward(velocity_xy: Float[Array, "2"]) -> Float[Array, ""]:
+# The observation, reward and termination below are written once for both array libraries
+# (`xp` is `jax.numpy` or `numpy`, leading batch axes allowed), so that the MJX env and the native
+# MuJoCo rollouts (`nfn_rl.envs._native`) compute them with the very same formulas.
+_Arr = Array | np.ndarray
+
+
+def tracking_reward(
+    velocity_xy: Float[_Arr, "*batch 2"], xp: ModuleType = jnp
+) -> Float[_Arr, "*batch"]:
     """``exp(-|v_xy - (2, 0)|^2 / 0.25)``: 1 at the target velocity, ``exp(-16)`` standing still."""
-    error = velocity_xy - jnp.asarray(TARGET_VELOCITY, velocity_xy.dtype)
-    return jnp.exp(-jnp.sum(error**2) / REWARD_WIDTH)
+    error = velocity_xy - xp.asarray(TARGET_VELOCITY, velocity_xy.dtype)
+    return xp.exp(-xp.sum(error**2, axis=-1) / REWARD_WIDTH)
 
 
-def _rotate_into_frame(quat: Float[Array, "4"], vec: Float[Array, "3"]) -> Float[Array, "3"]:
+def _rotate_into_frame(
+    quat: Float[_Arr, "*batch 4"], vec: Float[_Arr, "*#batch 3"], xp: ModuleType = jnp
+) -> Float[_Arr, "*batch 3"]:
     """``R(quat)^T @ vec``: world-frame ``vec`` expressed in the frame with orientation ``quat``."""
     # MuJoCo's quaternions are not renormalised every step in float32; normalising keeps the
     # rotation orthonormal so the projected gravity stays a unit vector.
-    quat = quat / jnp.maximum(jnp.linalg.norm(quat), 1e-8)
-    w, u = quat[0], quat[1:]
+    quat = quat / xp.maximum(xp.linalg.norm(quat, axis=-1, keepdims=True), 1e-8)
+    w, u = quat[..., :1], quat[..., 1:]
     # Rotating by the conjugate quaternion (w, -u).
-    t = 2.0 * jnp.cross(-u, vec)
-    return vec + w * t + jnp.cross(-u, t)
+    t = 2.0 * xp.cross(-u, vec)
+    return vec + w * t + xp.cross(-u, t)
+
+
+def _fallen(height: Float[_Arr, "*batch"]) -> Bool[_Arr, "*batch"]:
+    """The trunk height has left (MIN_HEIGHT, MAX_HEIGHT): the episode terminates."""
+    return (height <= MIN_HEIGHT) | (height >= MAX_HEIGHT)
+
+
+def _observation(
+    qpos: Float[_Arr, "*batch 15"],
+    qvel: Float[_Arr, "*batch 14"],
+    control: Float[_Arr, "*batch 8"],
+    home_qpos: Float[_Arr, "15"],
+    xp: ModuleType = jnp,
+) -> Float[_Arr, "*batch 34"]:
+    """The 34 observations (see the module docstring), clipped to +-OBS_BOUND and finite."""
+    quat = qpos[..., 3:7]
+    down = xp.broadcast_to(xp.asarray([0.0, 0.0, -1.0], qpos.dtype), qvel[..., 0:3].shape)
+    obs = xp.concatenate(
+        [
+            qpos[..., 2:3],
+            qpos[..., 7:] - home_qpos[7:],
+            qvel[..., 6:],
+            _rotate_into_frame(quat, qvel[..., 0:3], xp),
+            # MuJoCo's free-joint angular velocity is already in the body frame.
+            qvel[..., 3:6],
+            _rotate_into_frame(quat, down, xp),
+            control,
+        ],
+        axis=-1,
+    )
+    return xp.clip(xp.nan_to_num(obs), -OBS_BOUND, OBS_BOUND)
 
 
 def _load_mj_model(variant: str) -> tuple[mujoco.MjModel, np.ndarray, np.ndarray]:
@@ -187,14 +250,12 @@ class Ant(Environment):
         # Keep the last finite physics so that stepping on after the blow-up stays finite.
         data = jax.tree.map(lambda new, old: jnp.where(finite, new, old), data, state.physics)
 
-        height = data.qpos[2]
         velocity = _rotate_into_frame(data.qpos[3:7], data.qvel[0:3])
         reward = tracking_reward(velocity[:2])
         reward = jnp.where(finite & ~state.done, reward, 0.0)
 
         step_count = state.step_count + 1
-        fallen = (height <= MIN_HEIGHT) | (height >= MAX_HEIGHT)
-        done = state.done | fallen | ~finite | (step_count >= self.horizon)
+        done = state.done | _fallen(data.qpos[2]) | ~finite | (step_count >= self.horizon)
         nonfinite = state.nonfinite + (~finite & ~state.done).astype(jnp.int32)
         return AntState(
             obs=self._observe(data, control),
@@ -207,17 +268,4 @@ class Ant(Environment):
         )
 
     def _observe(self, data: mjx.Data, control: Float[Array, "8"]) -> Float[Array, "34"]:
-        quat = data.qpos[3:7]
-        obs = jnp.concatenate(
-            [
-                data.qpos[2:3],
-                data.qpos[7:] - self.home_qpos[7:],
-                data.qvel[6:],
-                _rotate_into_frame(quat, data.qvel[0:3]),
-                # MuJoCo's free-joint angular velocity is already in the body frame.
-                data.qvel[3:6],
-                _rotate_into_frame(quat, jnp.array([0.0, 0.0, -1.0])),
-                control,
-            ]
-        )
-        return jnp.clip(jnp.nan_to_num(obs), -OBS_BOUND, OBS_BOUND)
+        return _observation(data.qpos, data.qvel, control, self.home_qpos)
