@@ -67,13 +67,14 @@ def run(main: Callable[[], None]) -> None:
 def report(out: Path, *, start: float) -> None:
     """Evaluate the trained policy of each seed's run directory under `out` once, from its
     checkpoint, and print what the number means."""
-    runs = [out] if (out / "checkpoint.eqx").is_file() else sorted(out.glob("seed_*"))
+    runs = [out] if (out / "checkpoint.eqx").is_file() else out.glob("seed_*")
+    runs = sorted(runs, key=lambda run: (len(run.name), run.name))
     for run in runs:
         trainer, state, header = nfn_rl.load_run(run)
         value = float(_episode_return(trainer.env, trainer.policy(state), jax.random.key(0)))
         best = trainer.env.max_return
         print(
-            f"seed {header['seed']}: eval return {value:.1f} of {best:.0f} "
+            f"seed {header['seed']}: eval return {value:.4g} of {best:.0f} "
             f"({100 * value / best:.0f}%) after {header['env_steps']:,} env steps "
             f"(iteration {header['iteration']} of {trainer.config.iterations}); "
             f"{time.perf_counter() - start:.0f} s in this process; run in {run}"

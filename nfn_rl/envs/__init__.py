@@ -2,6 +2,7 @@
 
 from nfn_rl.envs._ant import Ant as Ant
 from nfn_rl.envs._cartpole import Cartpole as Cartpole
+from nfn_rl.envs._host import NativeAnt as NativeAnt
 from nfn_rl.envs._native import NativeAntRollout as NativeAntRollout
 from nfn_rl.envs._native import NativeTrajectory as NativeTrajectory
 from nfn_rl.envs._protocol import Environment as Environment

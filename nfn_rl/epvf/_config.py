@@ -15,6 +15,7 @@ from nfn_rl.run._config import (
 )
 
 SCHEDULES = ("constant", "exponential")
+BACKENDS = ("auto", "mjx", "native")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +63,10 @@ class EPVFConfig(TrainConfig):
         unf_channels: channels of the UNF critics' equivariant layers.
         unf_depth: equivariant layers of the UNF critics' encoder.
         unf_features: invariant features the UNF critics' encoder outputs.
+        backend: how the Ant's episodes are simulated: "mjx" (jitted MJX, for accelerators),
+            "native" (MuJoCo's C engine on the host's threads, `nfn_rl.envs.NativeAnt`), or
+            "auto": native when JAX runs on one CPU device, MJX otherwise. Other environments
+            are JAX code and ignore it ("native" is refused for them).
     """
 
     algo: ClassVar[str] = "epvf"
@@ -95,6 +100,7 @@ class EPVFConfig(TrainConfig):
     unf_channels: int = 16
     unf_depth: int = 1
     unf_features: int = 64
+    backend: str = "auto"
 
     def __post_init__(self):
         super().__post_init__()
@@ -102,6 +108,7 @@ class EPVFConfig(TrainConfig):
         check_choice(owner, "critic", self.critic, critic_names())
         check_choice(owner, "noise", self.noise, NOISES)
         check_choice(owner, "policy_lr_schedule", self.policy_lr_schedule, SCHEDULES)
+        check_choice(owner, "backend", self.backend, BACKENDS)
         positive_ints = (
             "num_envs",
             "batch_size",

@@ -10,7 +10,14 @@ import optax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 from jaxtyping import Array, Float, Int, Key, PRNGKeyArray, PyTree, UInt32
 
-from nfn_rl.envs import Environment, episode_length_and_return, make_env, observation_statistics
+from nfn_rl.envs import (
+    Ant,
+    Environment,
+    NativeAnt,
+    episode_length_and_return,
+    make_env,
+    observation_statistics,
+)
 from nfn_rl.epvf._config import EPVFConfig
 from nfn_rl.epvf._critics import critic_options, make_critic
 from nfn_rl.epvf._perturb import perturb_population
@@ -291,6 +298,7 @@ def make_epvf(config: EPVFConfig, env: Environment | None = None) -> EPVFTrainer
     mesh = _device_mesh(config)
     if env is None:
         env = make_env(config.env, config.horizon)
+    env = _with_backend(config, env)
     # Arrays committed to one device (MJX puts its model on the default device) cannot enter a
     # computation across several.
     env_arrays, env_static = eqx.partition(env, eqx.is_array)
@@ -325,6 +333,21 @@ def make_epvf(config: EPVFConfig, env: Environment | None = None) -> EPVFTrainer
         # keeps memory and checkpoints small without changing what is sampled.
         buffer_capacity=min(config.buffer_size, config.iterations * config.num_envs),
     )
+
+
+def _with_backend(config: EPVFConfig, env: Environment) -> Environment:
+    """`env`, as a `NativeAnt` where `config.backend` asks for MuJoCo's C engine."""
+    backend = config.backend
+    if backend == "auto":
+        one_cpu = jax.default_backend() == "cpu" and len(jax.devices()) == 1
+        backend = "native" if one_cpu and isinstance(env, Ant) else "mjx"
+    if backend == "mjx" or isinstance(env, NativeAnt):
+        return env
+    if not isinstance(env, Ant):
+        raise ValueError(
+            f"EPVFConfig.backend: 'native' simulates the Ant only, got {type(env).__name__}"
+        )
+    return NativeAnt(env.variant, env.horizon)
 
 
 def _critic_options(config: EPVFConfig, env: Environment, *, key: PRNGKeyArray | None) -> dict:

@@ -5,9 +5,15 @@ from nfn_rl.run._buffer import FIFOBuffer as FIFOBuffer
 from nfn_rl.run._buffer import make_buffer as make_buffer
 from nfn_rl.run._cache import enable_compilation_cache as enable_compilation_cache
 from nfn_rl.run._checkpoint import CHECKPOINT_FORMAT as CHECKPOINT_FORMAT
+from nfn_rl.run._checkpoint import CheckpointError as CheckpointError
 from nfn_rl.run._checkpoint import load_checkpoint as load_checkpoint
 from nfn_rl.run._checkpoint import read_header as read_header
 from nfn_rl.run._config import TrainConfig as TrainConfig
+from nfn_rl.run._loop import RUN_FILES as RUN_FILES
+from nfn_rl.run._loop import RunDirectoryError as RunDirectoryError
+from nfn_rl.run._loop import holds_run as holds_run
+from nfn_rl.run._loop import init_states as init_states
+from nfn_rl.run._loop import run_chunk as run_chunk
 from nfn_rl.run._loop import run_dirs as run_dirs
 from nfn_rl.run._loop import run_training as run_training
 from nfn_rl.run._loop import seed_keys as seed_keys

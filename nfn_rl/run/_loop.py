@@ -282,6 +282,8 @@ def run_training(
                 header = {
                     "config": config.to_dict(),
                     "seed": seed,
+                    # `wall_s` is the time of all the seeds that trained in the one program.
+                    "trained_with_seeds": list(seeds),
                     "run_id": run_ids[s],
                     "nfn_version": nfn_version(),
                     "iteration": done,

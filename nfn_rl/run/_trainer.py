@@ -92,8 +92,8 @@ class Trainer(eqx.Module):
         """Iteration number `index` (equal to `state.iteration`): `update`, then an evaluation
         every `eval_interval` iterations (NaN otherwise).
 
-        `index` is passed separately so that it stays unbatched when states are vmapped over
-        seeds: the evaluation is then a real branch, not computed and discarded every time.
+        `index` is passed separately so that it stays unbatched if a caller vmaps states: the
+        evaluation is then a real branch, not computed and discarded every time.
         """
         key = jax.random.fold_in(jax.random.wrap_key_data(state.key), index)
         update_key, eval_key = jax.random.split(key)
