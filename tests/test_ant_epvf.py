@@ -1,6 +1,7 @@
 """The main job end to end at the `smoke` preset: train, record a run, evaluate it."""
 
 import csv
+import dataclasses
 import json
 import math
 
@@ -59,3 +60,37 @@ def test_every_ablation_is_one_valid_change_of_the_best_setup():
         assert bool(changed) == (name != "best"), name
     assert nfn_rl.ant_config("paper", ablation="buffer_100x").buffer_size == 409_600
     assert best.num_envs == best.batch_size == best.buffer_size == 4096 and best.horizon == 1000
+
+
+def test_backend_chooses_the_ant_simulator():
+    import jax
+
+    smoke = nfn_rl.ant_config("smoke")
+    assert smoke.backend == "auto"
+    # The tests run JAX on one CPU device: "auto" is MuJoCo's C engine there.
+    assert isinstance(nfn_rl.make_trainer(smoke).env, nfn_rl.envs.NativeAnt)
+    mjx = nfn_rl.make_trainer(dataclasses.replace(smoke, backend="mjx")).env
+    assert type(mjx) is nfn_rl.envs.Ant
+    with pytest.raises(ValueError, match=r"EPVFConfig\.backend: 'native' simulates the Ant only"):
+        nfn_rl.make_trainer(nfn_rl.EPVFConfig(backend="native"))
+    with pytest.raises(ValueError, match=r"EPVFConfig\.backend"):
+        nfn_rl.EPVFConfig(backend="warp")
+    assert jax.default_backend() == "cpu"
+
+
+def test_native_rollouts_inside_the_trainer_equal_the_host_rollout():
+    """The trainer's jitted collect step (one host callback for the batch) returns what
+    `NativeAntRollout` returns for the same perturbed policies."""
+    import equinox as eqx
+    import jax
+    import numpy as np
+
+    trainer = nfn_rl.make_trainer(nfn_rl.ant_config("smoke"))
+    state = trainer.init(jax.random.key(0))
+    collect = eqx.filter_jit(lambda t, s, k: t.collect(s, key=k))
+    candidates, lengths, returns = collect(trainer, state, jax.random.key(1))
+    host_lengths, host_returns = trainer.env.rollout.episode_lengths_and_returns(
+        candidates, trainer.policy_static
+    )
+    np.testing.assert_array_equal(lengths, host_lengths)
+    np.testing.assert_array_equal(returns, host_returns)
