@@ -29,9 +29,8 @@ import equinox as eqx
 import jax
 import tyro
 
-from nfn_rl._perturb import perturb_population
-from nfn_rl._policy import make_policy
-from nfn_rl._rollout import episode_length_and_return
+import nfn_rl
+from nfn_rl import episode_length_and_return, make_policy, perturb_population
 from nfn_rl.envs import Ant, NativeAntRollout
 
 
@@ -53,7 +52,7 @@ class Args:
 
 
 def _population(env: Ant, num: int):
-    policy = make_policy(env, (32, 32), key=jax.random.key(0))
+    policy = make_policy(env, 32, 2, key=jax.random.key(0))
     population = perturb_population(policy, num, key=jax.random.key(1), scale=0.3)
     return eqx.partition(population, eqx.is_array)
 
@@ -100,10 +99,7 @@ def measure(variant: str, num: int, args: Args) -> dict[str, float]:
 
 def main(args: Args) -> None:
     if args.compile_cache:
-        jax.config.update(
-            "jax_compilation_cache_dir",
-            os.environ.get("JAX_COMPILATION_CACHE_DIR", os.path.expanduser("~/.cache/nfn/jax")),
-        )
+        nfn_rl.enable_compilation_cache()
     threads = args.threads or os.cpu_count()
     print(f"horizon {args.horizon}, {threads} native threads, {os.cpu_count()} CPUs")
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")

@@ -11,14 +11,13 @@ import sys
 import jax
 from hypothesis import HealthCheck, settings
 
+import nfn_rl
+
 # Helper modules (strategies, reference implementations) live next to the tests; there is no
 # tests/__init__.py (the PyPI package `nfn` ships a top-level `tests` package of its own).
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 
-jax.config.update(
-    "jax_compilation_cache_dir",
-    os.environ.get("JAX_COMPILATION_CACHE_DIR", str(pathlib.Path.home() / ".cache/nfn/jax")),
-)
+nfn_rl.enable_compilation_cache()
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 settings.register_profile(

@@ -27,16 +27,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nfn_rl._perturb import perturb_population
-from nfn_rl._policy import make_policy
+from nfn_rl import make_policy, perturb_population
 from nfn_rl.envs import Ant, NativeAntRollout, NativeTrajectory
 
 HORIZON = 50
 POLICIES = 128
 
 
-def _population(env: Ant, num: int, hidden=(32, 32)):
-    policy = make_policy(env, hidden, key=jax.random.key(0))
+def _population(env: Ant, num: int, width: int = 32, depth: int = 2):
+    policy = make_policy(env, width, depth, key=jax.random.key(0))
     population = perturb_population(policy, num, key=jax.random.key(1), scale=0.3)
     return eqx.partition(population, eqx.is_array)
 
@@ -169,7 +168,7 @@ def test_bad_inputs_raise_one_line_value_errors():
         assert "params.layers[1].bias has leading (num_envs) axis 3" in error(short_bias)
         unbatched = eqx.tree_at(lambda p: p.layers[0].weight, params, params.layers[0].weight[0])
         assert "params.layers[0].weight" in error(unbatched)
-        other_env = make_policy(Ant("torque", horizon=10), (32, 32, 32), key=jax.random.key(0))
+        other_env = make_policy(Ant("torque", horizon=10), 32, 3, key=jax.random.key(0))
         assert "tree structure" in error(params, eqx.partition(other_env, eqx.is_array)[1])
         wrong_input = eqx.tree_at(
             lambda p: p.layers[0].weight, params, params.layers[0].weight[:, :, :30]

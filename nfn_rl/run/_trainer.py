@@ -2,6 +2,7 @@
 `Trainer` owns the per-iteration keys, evaluation, jitted chunks and device placement."""
 
 import abc
+import dataclasses
 from collections.abc import Callable
 
 import equinox as eqx
@@ -103,7 +104,7 @@ class Trainer(eqx.Module):
             evaluate, lambda: self.evaluate(state, key=eval_key), lambda: jnp.full((), jnp.nan)
         )
         metrics["evaluated"] = evaluate.astype(jnp.int32)
-        state = eqx.tree_at(lambda s: s.iteration, state, state.iteration + 1)
+        state = dataclasses.replace(state, iteration=state.iteration + 1)
         return state, metrics
 
     def run_chunk(
