@@ -64,12 +64,17 @@ def run(main: Callable[[], None]) -> None:
         raise SystemExit(f"error: {error} (--debug shows the traceback)") from None
 
 
+def seed_runs(out: Path) -> list[Path]:
+    """The run directories under `out`: `out` itself, or its `seed_<s>` folders by seed."""
+    if (out / "checkpoint.eqx").is_file():
+        return [out]
+    return sorted(out.glob("seed_*"), key=lambda run: (len(run.name), run.name))
+
+
 def report(out: Path, *, start: float) -> None:
     """Evaluate the trained policy of each seed's run directory under `out` once, from its
     checkpoint, and print what the number means."""
-    runs = [out] if (out / "checkpoint.eqx").is_file() else out.glob("seed_*")
-    runs = sorted(runs, key=lambda run: (len(run.name), run.name))
-    for run in runs:
+    for run in seed_runs(out):
         trainer, state, header = nfn_rl.load_run(run)
         value = float(_episode_return(trainer.env, trainer.policy(state), jax.random.key(0)))
         best = trainer.env.max_return

@@ -14,14 +14,19 @@ checkpoint.eqx and returns.png. Evaluate the trained policy of a run directory a
 """
 
 import dataclasses
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Literal
 
-import _cli
+# MuJoCo picks its OpenGL backend at import: EGL renders offscreen on a headless machine.
+os.environ.setdefault("MUJOCO_GL", "egl")
 
-import nfn_rl
+import _cli  # noqa: E402
+
+import nfn_rl  # noqa: E402
+from nfn_rl import envs  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +84,20 @@ def main(args: Args) -> None:
             progress=args.progress,
         )
     _cli.report(args.out, start=start)
+    for run in _cli.seed_runs(args.out):
+        save_pictures(run)
+
+
+def save_pictures(run: Path) -> None:
+    """The final policy's episode as `episode.gif` in the run directory, or, where MuJoCo
+    cannot render, its path and forward velocity as `episode.png`."""
+    trainer, state, _ = nfn_rl.load_run(run)
+    trajectory = envs.record_episode(trainer.env, trainer.policy(state))
+    try:
+        envs.save_episode_animation(trainer.env, trajectory, run / "episode.gif")
+    except envs.RenderingUnavailable as error:
+        plot = envs.save_episode_plot(trainer.env, trajectory, run / "episode.png")
+        print(f"no animation: {error}; the episode's path and speed are in {plot}")
 
 
 if __name__ == "__main__":

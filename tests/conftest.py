@@ -8,10 +8,13 @@ import os
 import pathlib
 import sys
 
-import jax
-from hypothesis import HealthCheck, settings
+# MuJoCo picks its OpenGL backend when imported: EGL renders offscreen on headless machines.
+os.environ.setdefault("MUJOCO_GL", "egl")
 
-import nfn_rl
+import jax  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+import nfn_rl  # noqa: E402
 
 # Helper modules (strategies, reference implementations) live next to the tests; there is no
 # tests/__init__.py (the PyPI package `nfn` ships a top-level `tests` package of its own).

@@ -18,7 +18,7 @@ def _run(*args: str) -> str:
 def test_smoke_preset_runs_end_to_end_and_evaluates(tmp_path):
     out = tmp_path / "run"
     stdout = _run("--preset", "smoke", "--out", str(out), "--no-progress")
-    for name in ("config.json", "metrics.csv", "checkpoint.eqx", "returns.png"):
+    for name in ("config.json", "metrics.csv", "checkpoint.eqx", "returns.png", "episode.gif"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
 
     config = json.loads((out / "config.json").read_text())

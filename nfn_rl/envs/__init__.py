@@ -10,6 +10,10 @@ from nfn_rl.envs._protocol import EnvState as EnvState
 from nfn_rl.envs._registry import env_names as env_names
 from nfn_rl.envs._registry import make_env as make_env
 from nfn_rl.envs._registry import register_env as register_env
+from nfn_rl.envs._render import RenderingUnavailable as RenderingUnavailable
+from nfn_rl.envs._render import record_episode as record_episode
+from nfn_rl.envs._render import save_episode_animation as save_episode_animation
+from nfn_rl.envs._render import save_episode_plot as save_episode_plot
 from nfn_rl.envs._rollout import episode_length_and_return as episode_length_and_return
 from nfn_rl.envs._rollout import episode_return as episode_return
 from nfn_rl.envs._rollout import observation_statistics as observation_statistics

@@ -57,6 +57,9 @@ class NativeTrajectory(eqx.Module):
     """
 
     observations: Float[np.ndarray, "n steps_plus_one 34"]
+    qpos: Float[np.ndarray, "n steps_plus_one 15"]
+    """The physics' positions after each step (index 0: the reset), frozen after the end: what
+    `nfn_rl.envs.save_episode_animation` renders."""
     rewards: Float[np.ndarray, "n steps"]
     done: Bool[np.ndarray, "n steps"]
 
@@ -181,10 +184,12 @@ class NativeAntRollout:
         if record:
             trajectory = NativeTrajectory(
                 observations=np.empty((num, limit + 1, obs.shape[1]), np.float32),
+                qpos=np.empty((num, limit + 1, self._nq)),
                 rewards=np.zeros((num, limit), np.float32),
                 done=np.ones((num, limit), bool),
             )
             trajectory.observations[:, 0] = obs
+            trajectory.qpos[:, 0] = self._home_state[1 : 1 + self._nq]
 
         finished = np.zeros(num, bool)
         live = np.arange(num)  # the episodes stepped: the running ones (all if not drop_done)
@@ -244,6 +249,8 @@ class NativeAntRollout:
                 trajectory.done[counted, step] = done[running]
                 trajectory.observations[:, step + 1] = trajectory.observations[:, step]
                 trajectory.observations[counted, step + 1] = obs[counted]
+                trajectory.qpos[:, step + 1] = trajectory.qpos[:, step]
+                trajectory.qpos[counted, step + 1] = new[running, 1 : 1 + self._nq]
 
             if finished.all():
                 break
@@ -259,6 +266,7 @@ class NativeAntRollout:
         if record:
             # Steps never taken (every episode ended early) repeat the final observations.
             trajectory.observations[:, step + 2 :] = trajectory.observations[:, step + 1 : step + 2]
+            trajectory.qpos[:, step + 2 :] = trajectory.qpos[:, step + 1 : step + 2]
             return lengths, returns.astype(np.float32), trajectory
         return lengths, returns.astype(np.float32)
 
