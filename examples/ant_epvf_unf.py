@@ -24,6 +24,7 @@ from typing import Literal
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 import _cli  # noqa: E402
+import equinox as eqx  # noqa: E402
 
 import nfn_rl  # noqa: E402
 from nfn_rl import envs  # noqa: E402
@@ -92,7 +93,12 @@ def save_pictures(run: Path) -> None:
     """The final policy's episode as `episode.gif` in the run directory, or, where MuJoCo
     cannot render, its path and forward velocity as `episode.png`."""
     trainer, state, _ = nfn_rl.load_run(run)
-    trajectory = envs.record_episode(trainer.env, trainer.policy(state))
+    policy = trainer.policy(state)
+    # Episodes are recorded for the Ant's MLP policies (an EPVF run); --evaluate also reads
+    # other runs.
+    if not isinstance(trainer.env, envs.Ant) or not isinstance(policy, eqx.nn.MLP):
+        return
+    trajectory = envs.record_episode(trainer.env, policy)
     try:
         envs.save_episode_animation(trainer.env, trajectory, run / "episode.gif")
     except envs.RenderingUnavailable as error:
