@@ -328,3 +328,21 @@ def test_sac_losses_by_hand():
     grad = jax.grad(baselines.temperature_loss)(jnp.asarray(0.0), jnp.array([-1.0, -3.0]), -1.0)
     # d/dlog_alpha of -mean(log_alpha * (log_p - 1)) = -mean(log_p - 1) = 3.
     np.testing.assert_allclose(grad, 3.0)
+
+
+def test_unf_layer_norm_is_a_config_field_of_the_unf_critics():
+    policy = nfn_rl.make_policy(Cartpole(), 8, 2, key=jax.random.key(0))
+    small = dict(key=jax.random.key(1), unf_channels=4, unf_features=8)
+    with_norm = nfn_rl.make_critic("unf+params", policy, **small)
+    without = nfn_rl.make_critic("unf+params", policy, unf_layer_norm=False, **small)
+    assert with_norm.encoder.norms is not None and without.encoder.norms is None
+    # The layer norm removes the policy's global weight scale; without it the value sees it.
+    params, static = eqx.partition(policy, eqx.is_array)
+    scaled = eqx.combine(jax.tree.map(lambda x: 3 * x, params), static)
+    unf_only = dict(small, key=jax.random.key(2))
+    normed = nfn_rl.make_critic("unf", policy, **unf_only)
+    plain = nfn_rl.make_critic("unf", policy, unf_layer_norm=False, **unf_only)
+    np.testing.assert_allclose(normed(policy), normed(scaled), rtol=1e-3)
+    assert abs(float(plain(policy) - plain(scaled))) > 1e-4
+    config = dataclasses.replace(CARTPOLE, critic="unf", unf_layer_norm=False)
+    assert nfn_rl.EPVFConfig.from_json(config.to_json()) == config

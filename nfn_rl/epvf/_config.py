@@ -63,6 +63,7 @@ class EPVFConfig(TrainConfig):
         unf_channels: channels of the UNF critics' equivariant layers.
         unf_depth: equivariant layers of the UNF critics' encoder.
         unf_features: invariant features the UNF critics' encoder outputs.
+        unf_layer_norm: a channel layer norm after the UNF critics' equivariant layer.
         backend: how the Ant's episodes are simulated: "mjx" (jitted MJX, for accelerators),
             "native" (MuJoCo's C engine on the host's threads, `nfn_rl.envs.NativeAnt`), or
             "auto": native when JAX runs on one CPU device, MJX otherwise. Other environments
@@ -100,6 +101,7 @@ class EPVFConfig(TrainConfig):
     unf_channels: int = 16
     unf_depth: int = 1
     unf_features: int = 64
+    unf_layer_norm: bool = True
     backend: str = "auto"
 
     def __post_init__(self):
@@ -132,6 +134,7 @@ class EPVFConfig(TrainConfig):
             if getattr(self, name) is not None:
                 check_float(owner, name, getattr(self, name), positive=True)
         check_bool(owner, "multiple_policies", self.multiple_policies)
+        check_bool(owner, "unf_layer_norm", self.unf_layer_norm)
         if self.batch_size > self.buffer_size:
             fail(owner, "batch_size", f"must be <= buffer_size={self.buffer_size}")
         pairs = self.iterations * self.num_envs

@@ -102,9 +102,12 @@ class UNFCritic(Critic):
 
     The policy's weight space has fixed input and output neurons (`nfn.weight_space(policy)`), so
     the critic is exactly invariant to permutations of hidden neurons, which leave the policy's
-    behaviour unchanged. With `with_params=True` ("unf+params") the encoder's invariant features
-    are concatenated with the flat parameters before the MLP head, giving up that invariance for
-    direct access to every weight.
+    behaviour unchanged. `unf_layer_norm` puts `nfn.ChannelLayerNorm` after the equivariant
+    layer (`nfn.InvariantEncoder`'s default); it normalises away the policy's global weight
+    scale and takes about two thirds of the encoder's gradient time (2048 policies of the `cpu`
+    preset's shape: 1.06 s with it, 0.38 s without). With `with_params=True` ("unf+params") the
+    encoder's invariant features are concatenated with the flat parameters before the MLP head,
+    giving up that invariance for direct access to every weight.
     """
 
     encoder: nfn.InvariantEncoder
@@ -121,6 +124,7 @@ class UNFCritic(Critic):
         unf_channels: int = 16,
         unf_depth: int = 1,
         unf_features: int = 64,
+        unf_layer_norm: bool = True,
         with_params: bool = False,
     ):
         encoder_key, head_key = jax.random.split(key)
@@ -131,6 +135,7 @@ class UNFCritic(Critic):
             depth=unf_depth,
             invariant_features=unf_features,
             head_sizes=(),
+            norm="layer" if unf_layer_norm else None,
             key=encoder_key,
         )
         self.with_params = with_params
@@ -175,6 +180,7 @@ def unf_plus_params(
     unf_channels: int = 16,
     unf_depth: int = 1,
     unf_features: int = 64,
+    unf_layer_norm: bool = True,
 ) -> Critic:
     """The "unf+params" critic: UNF invariant features concatenated with the flat parameters."""
     return UNFCritic(
@@ -185,6 +191,7 @@ def unf_plus_params(
         unf_channels=unf_channels,
         unf_depth=unf_depth,
         unf_features=unf_features,
+        unf_layer_norm=unf_layer_norm,
         with_params=True,
     )
 
@@ -204,7 +211,8 @@ _CRITICS: dict[str, CriticFactory] = {
 def register_critic(name: str, factory: CriticFactory) -> None:
     """Make `make_critic(name, policy, ...)` call `factory(policy, *, width, depth, key,
     **options)`. Its keyword-only options named like `EPVFConfig` fields (`probing_states`,
-    `unf_channels`, `unf_depth`, `unf_features`) get the config's values in training, and
+    `unf_channels`, `unf_depth`, `unf_features`, `unf_layer_norm`) get the config's values in
+    training, and
     `observation_stats` gets the environment's observation mean and std."""
     if name in _CRITICS:
         raise ValueError(f"critic {name!r} is already registered")

@@ -32,6 +32,15 @@ from nfn_rl.run import (
     skipped_steps,
 )
 
+# The config fields that critics may take as options of the same name.
+CRITIC_OPTION_FIELDS = (
+    "probing_states",
+    "unf_channels",
+    "unf_depth",
+    "unf_features",
+    "unf_layer_norm",
+)
+
 # The one mesh axis: the environments (perturbed policies) of an iteration and the critic batch
 # are split along it; everything else is replicated on every device.
 ENVS_AXIS = "envs"
@@ -355,11 +364,7 @@ def _critic_options(config: EPVFConfig, env: Environment, *, key: PRNGKeyArray |
     statistics are measured with `key`, or are placeholders without one (enough to find the
     critic's structure)."""
     accepted = critic_options(config.critic)
-    options = {
-        name: getattr(config, name)
-        for name in ("probing_states", "unf_channels", "unf_depth", "unf_features")
-        if name in accepted
-    }
+    options = {name: getattr(config, name) for name in CRITIC_OPTION_FIELDS if name in accepted}
     if "observation_stats" in accepted:
         if key is None:
             zeros = jnp.zeros(env.observation_size)
