@@ -96,10 +96,8 @@ def test_overwrite_moves_the_whole_old_run_aside(finished, tmp_path):
         _train(out, resume=True, overwrite=True)
 
 
-def test_every_row_names_its_run_and_resume_keeps_only_that_runs_rows(finished, tmp_path):
-    """A seed-1 run's rows left in a seed-0 directory (and a row past the checkpoint) are
-    dropped: the resumed run's rows are exactly the uninterrupted seed-0 run's."""
-    out = tmp_path / "run"
+def _interrupted_at_first_checkpoint(out):
+    """A run of seed 0 stopped right after its first checkpoint."""
 
     def stop(iteration):
         if iteration == CONFIG.checkpoint_interval:
@@ -107,6 +105,13 @@ def test_every_row_names_its_run_and_resume_keeps_only_that_runs_rows(finished, 
 
     with pytest.raises(KeyboardInterrupt):
         _train(out, on_chunk=stop)
+    return out
+
+
+def test_every_row_names_its_run_and_resume_keeps_only_that_runs_rows(finished, tmp_path):
+    """A seed-1 run's rows left in a seed-0 directory (and a row past the checkpoint) are
+    dropped: the resumed run's rows are exactly the uninterrupted seed-0 run's."""
+    out = _interrupted_at_first_checkpoint(tmp_path / "run")
     ids = {r["run_id"] for r in read_metrics(out / "metrics.csv")}
     assert len(ids) == 1 and ids != {
         r["run_id"] for r in read_metrics(finished / "seed1/metrics.csv")
@@ -120,14 +125,7 @@ def test_every_row_names_its_run_and_resume_keeps_only_that_runs_rows(finished, 
 
 
 def test_lost_rows_are_rebuilt_by_replaying_the_run(finished, tmp_path):
-    out = tmp_path / "run"
-
-    def stop(iteration):
-        if iteration == CONFIG.checkpoint_interval:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        _train(out, on_chunk=stop)
+    out = _interrupted_at_first_checkpoint(tmp_path / "run")
     (out / "metrics.csv").unlink()
     _train(out, resume=True)
     rows = read_metrics(out / "metrics.csv")

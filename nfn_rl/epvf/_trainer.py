@@ -129,14 +129,7 @@ class EPVFTrainer(Trainer):
         # The first iteration perturbs the policy that the clip would have produced.
         policies = self._clip_weights(policies)
         example = eqx.combine(jax.tree.map(lambda x: x[0], policies), self.policy_static)
-        critic = make_critic(
-            config.critic,
-            example,
-            key=critic_key,
-            width=config.critic_width,
-            depth=config.critic_depth,
-            **_critic_options(config, self.env, key=stats_key),
-        )
+        critic = _make_critic(config, self.env, example, key=critic_key, stats_key=stats_key)
         critic = eqx.filter(critic, eqx.is_array)
         return EPVFState(
             iteration=jnp.zeros((), jnp.int32),
@@ -315,16 +308,7 @@ def make_epvf(config: EPVFConfig, env: Environment | None = None) -> EPVFTrainer
 
     def build(key):
         policy = make_policy(env, config.policy_width, config.policy_depth, key=key)
-        options = _critic_options(config, env, key=None)
-        critic = make_critic(
-            config.critic,
-            policy,
-            key=key,
-            width=config.critic_width,
-            depth=config.critic_depth,
-            **options,
-        )
-        return policy, critic
+        return policy, _make_critic(config, env, policy, key=key, stats_key=None)
 
     # Only the structure is needed here; shapes alone avoid compiling the initialisers.
     policy, critic = eqx.filter_eval_shape(build, jax.random.key(0))
@@ -357,6 +341,25 @@ def _with_backend(config: EPVFConfig, env: Environment) -> Environment:
             f"EPVFConfig.backend: 'native' simulates the Ant only, got {type(env).__name__}"
         )
     return NativeAnt(env.variant, env.horizon)
+
+
+def _make_critic(
+    config: EPVFConfig,
+    env: Environment,
+    policy: eqx.nn.MLP,
+    *,
+    key: PRNGKeyArray,
+    stats_key: PRNGKeyArray | None,
+):
+    """`config`'s critic for policies shaped like `policy` (see `_critic_options`)."""
+    return make_critic(
+        config.critic,
+        policy,
+        key=key,
+        width=config.critic_width,
+        depth=config.critic_depth,
+        **_critic_options(config, env, key=stats_key),
+    )
 
 
 def _critic_options(config: EPVFConfig, env: Environment, *, key: PRNGKeyArray | None) -> dict:
