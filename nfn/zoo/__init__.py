@@ -15,3 +15,13 @@ from nfn.zoo._format import save_zoo as save_zoo
 from nfn.zoo._generate import HPARAMS as HPARAMS
 from nfn.zoo._generate import ZooConfig as ZooConfig
 from nfn.zoo._generate import load_digits_split as load_digits_split
+from nfn.zoo._inr import OFFSET as OFFSET
+from nfn.zoo._inr import decode as decode
+from nfn.zoo._inr import fit_sirens as fit_sirens
+from nfn.zoo._inr import pixel_grid as pixel_grid
+from nfn.zoo._inr import siren as siren
+from nfn.zoo._published import PooledCNN as PooledCNN
+from nfn.zoo._published import load_small_cnn_zoo as load_small_cnn_zoo
+from nfn.zoo._published import mlp_from_state_dict as mlp_from_state_dict
+from nfn.zoo._published import pooled_cnn_space as pooled_cnn_space
+from nfn.zoo._published import siren_from_state_dict as siren_from_state_dict
