@@ -129,3 +129,23 @@ def test_config_errors_name_the_field():
         nfn.zoo.ZooConfig(dropout=(0.0, 1.0))
     with pytest.raises(ValueError, match="ZooConfig.activations"):
         nfn.zoo.ZooConfig(activations=("gelu",))
+
+
+def test_sirens_fit_and_decode_their_images():
+    _, _, x_test, _ = nfn.zoo.load_digits_split(300, 0)
+    images = jnp.asarray(x_test[:4, 0])
+    sirens, errors = nfn.zoo.fit_sirens(images, steps=150, key=jax.random.key(0))
+    params = eqx.filter(sirens, eqx.is_array)
+    assert params.layers[0].weight.shape == (4, 16, 2)
+    # Each SIREN decodes to its own image, far closer than to the others.
+    for i in range(4):
+        one = eqx.combine(jax.tree.map(lambda x, i=i: x[i], params), sirens)
+        decoded = nfn.zoo.decode(one, 8, 8)
+        own = float(jnp.mean((decoded - images[i]) ** 2))
+        np.testing.assert_allclose(own, errors[i], rtol=1e-3, atol=1e-7)
+        assert own < 1e-3
+        others = [float(jnp.mean((decoded - images[j]) ** 2)) for j in range(4) if j != i]
+        assert min(others) > 10 * own
+    # The first layer carries omega0: its initial weights span [-omega0 / 2, omega0 / 2].
+    w0 = nfn.zoo.siren(omega0=10.0, key=jax.random.key(1)).layers[0].weight
+    assert 3.0 < float(jnp.max(jnp.abs(w0))) <= 5.0

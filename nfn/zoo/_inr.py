@@ -64,20 +64,27 @@ def fit_sirens(
     width: int = 16,
     depth: int = 2,
     omega0: float = 10.0,
+    shared_init: bool = True,
     key: PRNGKeyArray,
 ) -> tuple[eqx.nn.MLP, Float[Array, " n"]]:
     """Fit one SIREN to each image (full-batch Adam on the squared error of all pixels, every
     image in one vmapped program); returns the stacked SIRENs (every array leaf with a
-    leading axis of length `n`) and each fit's final mean squared error."""
+    leading axis of length `n`) and each fit's final mean squared error.
+
+    With `shared_init=True` (default) every fit starts from the same initialisation (`key`),
+    so the weights differ only by what each image needs; with `False` each image draws its
+    own. A SIREN of this size fits an 8x8 image almost exactly from either start, and the
+    differences between independent initialisations then swamp the image in the weights
+    (classifying digits from such weights was at chance in `examples/inr_classification.py`).
+    """
     n, height, width_px = images.shape
     coords = pixel_grid(height, width_px)
-    static = eqx.filter(siren(width=width, depth=depth, omega0=omega0, key=key), eqx.is_array,
-                        inverse=True)
+    static = eqx.filter(
+        siren(width=width, depth=depth, omega0=omega0, key=key), eqx.is_array, inverse=True
+    )
 
     def fit(key, image):
-        params = eqx.filter(
-            siren(width=width, depth=depth, omega0=omega0, key=key), eqx.is_array
-        )
+        params = eqx.filter(siren(width=width, depth=depth, omega0=omega0, key=key), eqx.is_array)
         target = image.ravel() - OFFSET
 
         def loss(params):
@@ -100,5 +107,6 @@ def fit_sirens(
         (params, _, _), _ = jax.lax.scan(step, (params, zeros, zeros), ts)
         return params, loss(params)
 
-    params, errors = jax.jit(jax.vmap(fit))(jax.random.split(key, n), images)
+    keys = jnp.stack([key] * n) if shared_init else jax.random.split(key, n)
+    params, errors = jax.jit(jax.vmap(fit))(keys, images)
     return eqx.combine(params, static), errors
