@@ -219,7 +219,9 @@ def mlp_from_state_dict(
         if b.shape != (w.shape[0],):
             raise ValueError(f"{name}: {bk} has shape {b.shape}, expected ({w.shape[0]},)")
         if nxt is not None and nxt[1].shape[1] != w.shape[0]:
-            raise ValueError(f"{name}: {nxt[0]} takes {nxt[1].shape[1]} inputs, {wk} gives {w.shape[0]}")
+            raise ValueError(
+                f"{name}: {nxt[0]} takes {nxt[1].shape[1]} inputs, {wk} gives {w.shape[0]}"
+            )
     widths = {w.shape[0] for _, w in weights[:-1]}
     if len(widths) > 1:
         raise ValueError(f"{name}: eqx.nn.MLP needs equal hidden widths, got {sorted(widths)}")
