@@ -32,8 +32,8 @@ def main() -> None:
     args = parser.parse_args()
     start = time.perf_counter()
     if args.quick:
-        zoo = nfn.zoo.generate_cnn_zoo(nfn.zoo.ZooConfig(num_networks=160, max_epochs=3))
-        config = tasks.TrainConfig(epochs=args.epochs or 4, width=32, channels=8)
+        zoo = nfn.zoo.generate_cnn_zoo(nfn.zoo.ZooConfig(num_networks=128, max_epochs=2))
+        config = tasks.TrainConfig(epochs=args.epochs or 3, width=32, channels=8)
     else:
         if not args.zoo.exists():
             print(f"{args.zoo} not found: generating it (examples/make_cnn_zoo.py)", flush=True)

@@ -1,4 +1,4 @@
-"""`--quick` runs of the weight-space task examples, as a user would run them."""
+"""`--quick` run of the CNN zoo generalisation example, as a user would run it."""
 
 import re
 
@@ -18,14 +18,3 @@ def test_cnn_zoo_generalization_quick():
     match = re.fullmatch(r"best: (.+) tau (-?\d\.\d{3}); flat MLP (-?\d\.\d{3})", last)
     assert match and match.group(1) in MODELS, last
     assert -1 <= float(match.group(2)) <= 1
-
-
-def test_inr_classification_quick():
-    out = run_example("inr_classification.py", "--quick")
-    assert "fitted 384 SIRENs" in out
-    for model in (*MODELS, "pixels MLP (not weights)"):
-        rows = [line for line in out.splitlines() if line.startswith(f"| {model} |")]
-        assert len(rows) == 1 and len(rows[0].split("|")) == 8, out
-    last = out.strip().splitlines()[-1]
-    match = re.fullmatch(r"best: (.+) accuracy (\d\.\d{3}); flat MLP (\d\.\d{3})", last)
-    assert match and match.group(1) in MODELS, last
