@@ -39,7 +39,10 @@ def main() -> None:
             print(f"{args.zoo} not found: generating it (examples/make_cnn_zoo.py)", flush=True)
             args.zoo.parent.mkdir(parents=True, exist_ok=True)
             nfn.zoo.save_zoo(nfn.zoo.generate_cnn_zoo(), args.zoo)
-        zoo = nfn.zoo.load_zoo(args.zoo)
+        try:
+            zoo = nfn.zoo.load_zoo(args.zoo)
+        except nfn.zoo.ZooFormatError as error:
+            parser.error(str(error))
         config = tasks.TrainConfig(epochs=args.epochs or 100)
 
     n = len(zoo)

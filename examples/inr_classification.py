@@ -73,12 +73,12 @@ def main() -> None:
     seeds = list(range(args.seeds))
     keys = jnp.stack([jax.random.key(s) for s in seeds])
 
-    def run(kind, hnp, np_space, train_inputs, test_inputs):
+    def run(kind, hnp, np_space, train_inputs, test_inputs, label=None):
         t0 = time.perf_counter()
         train = tasks.make_train(kind, hnp, np_space, 10, cross_entropy, n_train, config)
         train_seeds = jax.jit(jax.vmap(train, in_axes=(0, None, None, None)))
         logits = np.asarray(train_seeds(keys, train_inputs, labels_train, test_inputs))
-        print(f"{kind}: {time.perf_counter() - t0:.1f} s", flush=True)
+        print(f"{label or kind}: {time.perf_counter() - t0:.1f} s", flush=True)
         return [float(np.mean(np.argmax(z, -1) == labels_test)) for z in logits]
 
     rows = [(kind, run(kind, hnp, np_space, w_train, w_test)) for kind in tasks.MODELS]
@@ -86,8 +86,9 @@ def main() -> None:
     pixels_train = jnp.asarray(x_train.reshape(n_train, -1))
     pixels_test = jnp.asarray(x_test.reshape(len(y_test), -1))
     pixel_space = nfn.WeightSpace.from_spec(pixels_train[0], (None,))
-    pixels = run("flat MLP", pixel_space, pixel_space, pixels_train, pixels_test)
-    rows.append(("pixels MLP (not weights)", pixels))
+    label = "pixels MLP (not weights)"
+    pixels = run("flat MLP", pixel_space, pixel_space, pixels_train, pixels_test, label)
+    rows.append((label, pixels))
     print()
     print(tasks.table(rows, "acc", seeds))
     print(f"\ntotal {time.perf_counter() - start:.1f} s")
