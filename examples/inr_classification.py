@@ -4,7 +4,7 @@
 Fits one SIREN to each of scikit-learn's 1,797 8x8 digits (all in one vmapped program, all
 from one shared initialisation; the convention is in `nfn.zoo.fit_sirens`), then trains the
 five weight-space models of `_weight_tasks.MODELS` to predict the digit from the SIREN's
-weights, and, for comparison, an MLP of the same size on the raw pixels. Train/test split:
+weights, and, for comparison, an MLP with the same hidden layers on the raw pixels. Split:
 `nfn.zoo.load_digits_split` (497 test digits). `--independent-init` starts every fit from its
 own random initialisation instead. `--quick` fits fewer digits with fewer steps (a smoke test,
 not a result). The last line is `best: <model> <metric> <value>; flat MLP <value>`.
