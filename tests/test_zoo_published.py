@@ -129,3 +129,56 @@ def test_siren_from_state_dict_folds_omega0():
     expected = state["net.2.weight"] @ h + state["net.2.bias"]
     np.testing.assert_allclose(siren(jnp.asarray(x)), expected, rtol=1e-4, atol=1e-5)
     assert space.sizes == {0: 32, 1: 32}
+
+
+def _dwsnets_state(rng):
+    # DWSNets' INR(in_dim=2, n_layers=3, up_scale=16): seq.0 and seq.1 sine layers, seq.2 linear.
+    return {
+        "seq.0.weight": rng.uniform(-0.5, 0.5, (32, 2)).astype(np.float32),
+        "seq.0.bias": rng.uniform(-0.1, 0.1, 32).astype(np.float32),
+        "seq.1.weight": rng.uniform(-0.01, 0.01, (32, 32)).astype(np.float32),
+        "seq.1.bias": rng.uniform(-0.1, 0.1, 32).astype(np.float32),
+        "seq.2.weight": rng.uniform(-0.1, 0.1, (1, 32)).astype(np.float32),
+        "seq.2.bias": rng.uniform(-0.1, 0.1, 1).astype(np.float32),
+    }
+
+
+def test_dwsnets_inr_splits(tmp_path):
+    import json
+
+    rng = np.random.default_rng(3)
+    states, paths = [], []
+    for i in range(3):
+        states.append(_dwsnets_state(rng))
+        paths.append(str(tmp_path / f"inr_{i}.npz"))
+        np.savez(paths[-1], **states[-1])
+    splits = {
+        "train": {"path": paths[:2], "label": [4, 7]},
+        "test": {"path": paths[2:], "label": [1]},
+    }
+    (tmp_path / "splits.json").write_text(json.dumps(splits))
+
+    def read(path):
+        with np.load(path) as data:
+            return {k: data[k] for k in data.files}
+
+    params, space, labels = nfn.zoo.load_inr_splits(tmp_path / "splits.json", "train", read)
+    np.testing.assert_array_equal(labels, [4, 7])
+    assert space.sizes == {0: 32, 1: 32}
+    # SIREN 1 computes DWSNets' INR: sin(30 (W x + b)) twice, a linear layer, plus 0.5.
+    state = states[1]
+    x = np.asarray([0.25, -0.5], np.float32)
+    h = np.sin(30.0 * (state["seq.0.weight"] @ x + state["seq.0.bias"]))
+    h = np.sin(30.0 * (state["seq.1.weight"] @ h + state["seq.1.bias"]))
+    expected = state["seq.2.weight"] @ h + state["seq.2.bias"] + 0.5
+    template, _ = nfn.zoo.siren_from_state_dict(states[0])
+    siren = eqx.combine(jax.tree.map(lambda p: p[1], params), template)
+    np.testing.assert_allclose(siren(jnp.asarray(x)) + nfn.zoo.OFFSET, expected, atol=1e-4)
+
+    with pytest.raises(nfn.zoo.ZooFormatError, match="splits.json: no split 'val'"):
+        nfn.zoo.load_inr_splits(tmp_path / "splits.json", "val", read)
+    bad = dict(states[0])
+    bad["seq.1.weight"] = bad["seq.1.weight"][:, :16]
+    np.savez(paths[1], **bad)
+    with pytest.raises(nfn.zoo.ZooFormatError, match="inr_1.npz"):
+        nfn.zoo.load_inr_splits(tmp_path / "splits.json", "train", read)

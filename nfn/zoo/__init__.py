@@ -21,6 +21,7 @@ from nfn.zoo._inr import fit_sirens as fit_sirens
 from nfn.zoo._inr import pixel_grid as pixel_grid
 from nfn.zoo._inr import siren as siren
 from nfn.zoo._published import PooledCNN as PooledCNN
+from nfn.zoo._published import load_inr_splits as load_inr_splits
 from nfn.zoo._published import load_small_cnn_zoo as load_small_cnn_zoo
 from nfn.zoo._published import mlp_from_state_dict as mlp_from_state_dict
 from nfn.zoo._published import pooled_cnn_space as pooled_cnn_space

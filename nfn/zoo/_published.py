@@ -17,16 +17,21 @@ Layouts and where they were checked (the files themselves are not downloaded by 
   layers (computing `sin(omega0 * (W x + b))`) and `net.<last>.weight/bias` for the final
   linear layer, torch `(out, in)` layout. [`nfn.zoo.siren_from_state_dict`][] folds `omega0`
   into the sine layers to match `nfn.zoo`'s convention. How a whole INR data set is packed
-  into files (DWSNets, NFN) was not checked, so there is no loader for it.
+  into files: DWSNets (AvivNavon/DWSNets, `experiments/data.py` and `nn/inr.py`) lists one
+  torch state dict per INR in a splits JSON `{split: {"path": [...], "label": [...]}}`; its
+  `INR` names layers `seq.<k>.weight/bias`, uses `omega0 = 30` in every sine layer, a final
+  linear layer and an output offset of 0.5. [`nfn.zoo.load_inr_splits`][] reads that layout
+  given a function that reads one state dict (`torch.load`). The NFN authors' packaging of
+  their INR sets was not checked.
 """
 
 import ast
 import csv
 import gzip
 import io
+import json
 import os
-import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import equinox as eqx
@@ -242,18 +247,77 @@ def mlp_from_state_dict(
     return mlp, weight_space(mlp)
 
 
-_SINE = re.compile(r"(.*)\.linear\.(weight|bias)$")
-
-
 def siren_from_state_dict(
     state_dict: Mapping[str, Any], *, omega0: float = 30.0, name: str = "state_dict"
 ) -> tuple[eqx.nn.MLP, WeightSpace]:
     """A SIREN in `nfn.zoo`'s convention (`omega0` folded into the weights, `jnp.sin`
-    activations) from the state dict of the NFN authors' torch `Siren` with a final linear
-    layer: sine layers `<prefix>.linear.weight/bias`, the last layer `<prefix>.weight/bias`.
-    Use the same `omega0` for the first and hidden layers (their default 30)."""
-    folded = {}
-    for key, value in state_dict.items():
-        array = np.asarray(value, dtype=np.float32)
-        folded[key] = array * omega0 if _SINE.match(key) else array
+    activations) from a PyTorch-style SIREN state dict whose layers compute
+    `sin(omega0 * (W x + b))` except the last, which is linear: the NFN authors' `Siren`
+    (`net.<k>.linear.weight/bias`, then `net.<last>.weight/bias`) and DWSNets' `INR`
+    (`seq.<k>.weight/bias`), both with `omega0 = 30` by default. Layers are taken in the
+    dict's order; every layer but the last gets `omega0` folded in. DWSNets' `INR` adds 0.5 to
+    its output, as `nfn.zoo.decode` does; the NFN authors' `Siren` adds nothing."""
+    arrays = [(key, np.asarray(value, dtype=np.float32)) for key, value in state_dict.items()]
+    weight_keys = [key for key, _ in arrays if key.endswith("weight")]
+    if not weight_keys:
+        raise ValueError(f"{name}: no weight entries")
+    last = weight_keys[-1].rsplit(".", 1)[0]
+    folded = {
+        key: array if key.rsplit(".", 1)[0] == last else array * omega0 for key, array in arrays
+    }
     return mlp_from_state_dict(folded, activation=jnp.sin, name=name)
+
+
+def load_inr_splits(
+    path: str | os.PathLike,
+    split: str,
+    read_state_dict: Callable[[str], Mapping[str, Any]],
+    *,
+    omega0: float = 30.0,
+    limit: int | None = None,
+) -> tuple[Any, WeightSpace, np.ndarray]:
+    """Read a DWSNets-style INR data set: a JSON file `{split: {"path": [...], "label": [...]}}`
+    listing one SIREN state dict per file (as DWSNets' `generate_data_splits.py` writes it).
+
+    The state dicts are torch `.pth` files, which only torch reads: pass
+    `read_state_dict=torch.load` (or any function from a path to `{name: array}`), so `nfn`
+    itself does not need torch. Returns the SIRENs' arrays stacked on a leading axis (in
+    `nfn.zoo`'s convention, see [`nfn.zoo.siren_from_state_dict`][]), their weight space and
+    the labels. `limit` reads only the first `limit` entries.
+
+    **Raises:** [`nfn.zoo.ZooFormatError`][] naming the JSON file for a missing file, split or
+    field, or naming the state dict's file for one that does not match the first one's shapes.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ZooFormatError(f"{path}: no such file (INR splits JSON)")
+    try:
+        with open(path) as f:
+            splits = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ZooFormatError(f"{path}: not a readable JSON file ({error})") from None
+    if not isinstance(splits, dict) or split not in splits:
+        found = list(splits) if isinstance(splits, dict) else type(splits).__name__
+        raise ZooFormatError(f"{path}: no split {split!r} (found {found})")
+    entry = splits[split]
+    if not isinstance(entry, dict) or "path" not in entry or "label" not in entry:
+        raise ZooFormatError(f"{path}: split {split!r} needs 'path' and 'label' lists")
+    if len(entry["path"]) != len(entry["label"]):
+        raise ZooFormatError(f"{path}: split {split!r} has unequal 'path' and 'label' lists")
+    files = entry["path"][:limit]
+    leaves, space = [], None
+    for file in files:
+        try:
+            mlp, this = siren_from_state_dict(read_state_dict(file), omega0=omega0, name=file)
+        except ValueError as error:
+            raise ZooFormatError(str(error)) from None
+        if space is None:
+            space = this
+        elif this != space:
+            raise ZooFormatError(f"{file}: shapes differ from {files[0]}")
+        leaves.append(jax.tree.leaves(eqx.filter(mlp, eqx.is_array)))
+    if space is None:
+        raise ZooFormatError(f"{path}: split {split!r} is empty")
+    stacked = [jnp.stack(column) for column in zip(*leaves)]
+    labels = np.asarray([int(label) for label in entry["label"][:limit]])
+    return space.unflatten(stacked), space, labels
