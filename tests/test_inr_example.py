@@ -1,0 +1,18 @@
+"""`--quick` run of the INR classification example, as a user would run it."""
+
+import re
+
+from example_runner import run_example
+
+MODELS = ("flat MLP", "flat MLP + aug", "statistics", "UNF NP", "UNF HNP")
+
+
+def test_inr_classification_quick():
+    out = run_example("inr_classification.py", "--quick")
+    assert "fitted 384 SIRENs" in out
+    for model in (*MODELS, "pixels MLP (not weights)"):
+        rows = [line for line in out.splitlines() if line.startswith(f"| {model} |")]
+        assert len(rows) == 1 and len(rows[0].split("|")) == 8, out
+    last = out.strip().splitlines()[-1]
+    match = re.fullmatch(r"best: (.+) accuracy (\d\.\d{3}); flat MLP (\d\.\d{3})", last)
+    assert match and match.group(1) in MODELS, last
