@@ -23,12 +23,34 @@ import nfn
 import nfn.zoo
 
 
+def save_reconstructions(sirens, images, indices, path: str) -> None:
+    """Digits (top row) next to the images their fitted SIRENs decode to (bottom row)."""
+    from matplotlib.figure import Figure
+
+    params = eqx.filter(sirens, eqx.is_array)
+    fig = Figure(figsize=(len(indices), 2.2))
+    axes = fig.subplots(2, len(indices))
+    for column, index in enumerate(indices):
+        model = eqx.combine(jax.tree.map(lambda x, i=index: x[i], params), sirens)
+        for row, image in enumerate((images[index], nfn.zoo.decode(model, 8, 8))):
+            axes[row, column].imshow(np.asarray(image), cmap="gray_r", vmin=0.0, vmax=1.0)
+            axes[row, column].set_axis_off()
+    axes[0, 0].set_title("digit", fontsize=8, loc="left")
+    axes[1, 0].set_title("decoded INR", fontsize=8, loc="left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    print(f"saved {path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--independent-init", action="store_true")
+    parser.add_argument(
+        "--figure", type=str, default=None, help="write test digits next to their decoded INRs"
+    )
     args = parser.parse_args()
     start = time.perf_counter()
     x_train, y_train, x_test, y_test = nfn.zoo.load_digits_split(497, 0)
@@ -53,6 +75,9 @@ def main() -> None:
     first = eqx.combine(jax.tree.map(lambda x: x[0], eqx.filter(sirens, eqx.is_array)), sirens)
     decoded = nfn.zoo.decode(first, 8, 8)
     print(f"decoded image 0: MSE {float(jnp.mean((decoded - images[0]) ** 2)):.2e}")
+    if args.figure:
+        shown = len(y_train) + np.arange(10)
+        save_reconstructions(sirens, images, shown, args.figure)
 
     params = eqx.filter(sirens, eqx.is_array)
     template = jax.tree.map(lambda x: x[0], params)

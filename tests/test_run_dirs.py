@@ -24,7 +24,7 @@ from example_runner import ROOT
 
 import nfn_rl
 from nfn_rl import baselines
-from nfn_rl.run import read_metrics
+from nfn_rl.run import METRIC_COLUMNS, read_metrics
 
 CONFIG = nfn_rl.EPVFConfig(
     horizon=60,
@@ -314,9 +314,21 @@ KILL_FLAGS = [
 ]
 
 
+def _last_iteration(metrics) -> int:
+    """The iteration of the last complete row of `metrics.csv` (-1 if none)."""
+    try:
+        lines = metrics.read_text().splitlines()
+    except FileNotFoundError:
+        return -1
+    complete = [line for line in lines[1:] if line.count(",") == len(METRIC_COLUMNS) - 1]
+    return int(complete[-1].split(",")[1]) if complete else -1
+
+
 def test_random_kills_then_resume_give_the_uninterrupted_run(tmp_path):
-    """SIGKILL at random moments (seeded), resume after each, until the run finishes: its
-    metrics (all but wall_s) and final state are those of the uninterrupted run."""
+    """SIGKILL at seeded random points of the run (after a random iteration's row, plus a
+    random delay of up to 50 ms, so some kills land in a write), resume after each, until the
+    run finishes: its metrics (all but wall_s) and final state are those of the uninterrupted
+    run."""
     env = dict(os.environ)
     env.setdefault("JAX_COMPILATION_CACHE_DIR", str(pathlib.Path.home() / ".cache/nfn/jax"))
     whole = tmp_path / "whole"
@@ -325,29 +337,36 @@ def test_random_kills_then_resume_give_the_uninterrupted_run(tmp_path):
 
     rng = random.Random(7)
     cut = tmp_path / "cut"
+    iterations = 24
     kills = 0
     for _ in range(8):
-        if (cut / "checkpoint.eqx").is_file():
-            mode = ["--resume"]
-        else:
-            mode = ["--overwrite"]
+        resume = (cut / "checkpoint.eqx").is_file()
+        done = (
+            json.loads((cut / "checkpoint.eqx").read_bytes().split(b"\n", 1)[0])["iteration"]
+            if resume
+            else 0
+        )
         args = [sys.executable, str(ROOT / "examples/cartpole_epvf.py"), *KILL_FLAGS]
         process = subprocess.Popen(
-            [*args, "--out", str(cut), *mode],
+            [*args, "--out", str(cut), "--resume" if resume else "--overwrite"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=env,
         )
-        if kills < 3:
-            time.sleep(rng.uniform(3.0, 9.0))
-            if process.poll() is None:
-                process.send_signal(signal.SIGKILL)
-                kills += 1
+        if kills < 3 and done < iterations - 1:
+            target = rng.randint(done, iterations - 2)
+            deadline = time.monotonic() + 240
+            while process.poll() is None and time.monotonic() < deadline:
+                if _last_iteration(cut / "metrics.csv") >= target:
+                    time.sleep(rng.uniform(0.0, 0.05))
+                    process.send_signal(signal.SIGKILL)
+                    kills += 1
+                    break
+                time.sleep(0.002)
         _, stderr = process.communicate(timeout=300)
         if process.returncode == 0:
             break
         assert process.returncode == -signal.SIGKILL, stderr.decode()[-2000:]
-    assert process.returncode == 0
+    assert process.returncode == 0 and kills == 3
     _assert_same(read_metrics(whole / "metrics.csv"), read_metrics(cut / "metrics.csv"))
     assert _payload(cut / "checkpoint.eqx") == _payload(whole / "checkpoint.eqx")
-    assert kills >= 1
