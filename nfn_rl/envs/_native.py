@@ -3,8 +3,8 @@
 `NativeAntRollout` computes what ``jax.vmap(episode_length_and_return)`` over an `Ant` computes, the
 episode length and undiscounted return of each of ``n`` differently parameterised policies, but
 steps the physics with MuJoCo's C engine (``mujoco.rollout``, float64, a persistent thread pool)
-instead of MJX. On a small CPU that is several times faster (see ``benchmarks/rollout_backends.py``
-and docs/epvf.md, "Native CPU rollouts"). It is host code: NumPy in, NumPy out, not jittable.
+instead of MJX: on 2 CPU cores about 2.2x as many env steps/s for the torque Ant at 2048 envs
+(``benchmarks/rollout_backends.py``; docs/epvf.md, "Native CPU rollouts", has the table). It is host code: NumPy in, NumPy out, not jittable.
 
 All ``n`` environments advance in lock-step. Each control step:
 
