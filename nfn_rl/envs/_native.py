@@ -4,7 +4,8 @@
 episode length and undiscounted return of each of ``n`` differently parameterised policies, but
 steps the physics with MuJoCo's C engine (``mujoco.rollout``, float64, a persistent thread pool)
 instead of MJX: on 2 CPU cores about 2.2x as many env steps/s for the torque Ant at 2048 envs
-(``benchmarks/rollout_backends.py``; docs/epvf.md, "Native CPU rollouts", has the table). It is host code: NumPy in, NumPy out, not jittable.
+(``benchmarks/rollout_backends.py``; docs/epvf.md, "Native CPU rollouts", has the table). It is
+host code: NumPy in, NumPy out, not jittable.
 
 All ``n`` environments advance in lock-step. Each control step:
 
