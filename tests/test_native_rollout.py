@@ -143,7 +143,8 @@ def test_max_steps_and_record():
     assert (length <= per_episode).all() and length[0] == 1
 
 
-def test_nonfinite_physics_ends_the_episode_with_zero_reward():
+def test_nonfinite_physics_ends_the_episode_with_zero_reward(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # MuJoCo logs the unstable simulation to ./MUJOCO_LOG.TXT
     env = Ant("position", horizon=HORIZON)
     params, static = _population(env, 4)
     with NativeAntRollout(env, num_threads=1) as native:
@@ -152,6 +153,7 @@ def test_nonfinite_physics_ends_the_episode_with_zero_reward():
     np.testing.assert_array_equal(length, 1)
     np.testing.assert_array_equal(ret, 0.0)
     assert np.isfinite(trajectory.observations).all()
+    assert (tmp_path / "MUJOCO_LOG.TXT").exists()
 
 
 def test_bad_inputs_raise_one_line_value_errors():
