@@ -29,6 +29,7 @@ import pytest
 
 from nfn_rl import make_policy, perturb_population
 from nfn_rl.envs import Ant, NativeAntRollout, NativeTrajectory
+from nfn_rl.envs._native import _mlp_forward, _unpack_policy
 
 HORIZON = 50
 POLICIES = 128
@@ -141,7 +142,8 @@ def test_max_steps_and_record():
     assert (length <= per_episode).all() and length[0] == 1
 
 
-def test_nonfinite_physics_ends_the_episode_with_zero_reward():
+def test_nonfinite_physics_ends_the_episode_with_zero_reward(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # MuJoCo logs the unstable simulation to ./MUJOCO_LOG.TXT
     env = Ant("position", horizon=HORIZON)
     params, static = _population(env, 4)
     with NativeAntRollout(env, num_threads=1) as native:
@@ -150,6 +152,7 @@ def test_nonfinite_physics_ends_the_episode_with_zero_reward():
     np.testing.assert_array_equal(length, 1)
     np.testing.assert_array_equal(ret, 0.0)
     assert np.isfinite(trajectory.observations).all()
+    assert (tmp_path / "MUJOCO_LOG.TXT").exists()
 
 
 def test_bad_inputs_raise_one_line_value_errors():
@@ -180,3 +183,16 @@ def test_bad_inputs_raise_one_line_value_errors():
         native.episode_lengths_and_returns(params, static)
     with pytest.raises(ValueError, match="num_threads"):
         NativeAntRollout(env, num_threads=0)
+
+
+@pytest.mark.parametrize("activation", [jnp.tanh, jax.nn.relu, jax.nn.softplus])
+def test_numpy_policy_matches_the_equinox_policy(activation):
+    env = Ant("torque", horizon=10)
+    policy = make_policy(env, (16, 16), key=jax.random.key(0), activation=activation)
+    population = perturb_population(policy, 6, key=jax.random.key(1), scale=0.3)
+    params, static = eqx.partition(population, eqx.is_array)
+    obs = np.asarray(jax.random.normal(jax.random.key(2), (6, 34)))
+    layers, hidden, final, num = _unpack_policy(params, static)
+    expected = jax.vmap(lambda p, o: eqx.combine(p, static)(o))(params, obs)
+    assert num == 6
+    np.testing.assert_allclose(_mlp_forward(layers, hidden, final, obs), expected, atol=1e-5)
