@@ -188,7 +188,7 @@ def test_bad_inputs_raise_one_line_value_errors():
 @pytest.mark.parametrize("activation", [jnp.tanh, jax.nn.relu, jax.nn.softplus])
 def test_numpy_policy_matches_the_equinox_policy(activation):
     env = Ant("torque", horizon=10)
-    policy = make_policy(env, (16, 16), key=jax.random.key(0), activation=activation)
+    policy = make_policy(env, 16, 2, key=jax.random.key(0), activation=activation)
     population = perturb_population(policy, 6, key=jax.random.key(1), scale=0.3)
     params, static = eqx.partition(population, eqx.is_array)
     obs = np.asarray(jax.random.normal(jax.random.key(2), (6, 34)))
