@@ -2,6 +2,8 @@
 alone, on the MJX Ant.
 
     python benchmarks/epvf_throughput.py --preset smoke|cpu|paper [--critic flat]
+    python benchmarks/epvf_throughput.py --preset cpu --set num_envs=2048 critic_steps=5 \
+        unf_channels=8 unf_features=32 critic_width=64 unf_layer_norm=false
 
 Both sides are jitted and timed after compilation, `log_interval` iterations per call under
 `lax.scan`, and wait (`block_until_ready`) for outputs that depend on the simulated states:
@@ -28,6 +30,7 @@ steps/s) several minutes, `paper` (2e7 steps a call) needs a GPU.
 
 import dataclasses
 import importlib.metadata
+import json
 import os
 import platform
 import time
@@ -47,12 +50,15 @@ class Args:
     """Attributes:
     preset: the Ant preset ("smoke", "cpu" or "paper") whose config is timed.
     critic: the critic (default: `nfn_rl.ant_config`'s).
+    set: config fields to change, as FIELD=VALUE with a JSON value (e.g. num_envs=2048
+        unf_layer_norm=false); num_envs also sets the batch and the buffer, as the recipe does.
     repeats: timed calls per function (each runs `log_interval` iterations).
     compile_cache: use the persistent XLA compilation cache (faster second runs).
     """
 
     preset: Literal["smoke", "cpu", "paper"] = "smoke"
     critic: Literal["flat", "probing", "probing+params", "unf", "unf+params"] = "unf+params"
+    set: tuple[str, ...] = ()
     repeats: int = 3
     compile_cache: bool = True
 
@@ -111,7 +117,11 @@ def main(args: Args) -> None:
         f"jax {jax.__version__}, jaxlib {jaxlib.__version__}, mujoco {_version('mujoco')}, "
         f"mujoco-mjx {_version('mujoco-mjx')}, devices {jax.devices()}"
     )
-    config = nfn_rl.ant_config(args.preset, critic=args.critic)
+    overrides = {}
+    for item in args.set:
+        name, _, value = item.partition("=")
+        overrides[name] = json.loads(value)
+    config = nfn_rl.ant_config(args.preset, critic=args.critic, **overrides)
     print(f"config ({args.preset} preset): {config}")
     trainer = nfn_rl.make_trainer(config)
     init = eqx.filter_jit(lambda t, k: t.init(k))
