@@ -1,5 +1,5 @@
 """Environment steps per second of whole EPVF iterations against stepping the same environments
-alone, on the MJX Ant.
+alone, on the Ant (with the config's backend: native MuJoCo on one CPU device).
 
     python benchmarks/epvf_throughput.py --preset smoke|cpu|paper [--critic flat]
     python benchmarks/epvf_throughput.py --preset cpu --set num_envs=2048 critic_steps=5 \
@@ -24,8 +24,8 @@ buffer) over the time of one fused iteration. The last line is
 
 Pieces jitted on their own carry their own overheads, so the critic share is an estimate. Cost:
 each side runs (1 + repeats) calls of `log_interval x num_envs x horizon` steps; `smoke` takes
-about a minute on 2 CPU cores with a warm compilation cache, `cpu` (256k steps a call, ~6,000
-steps/s) several minutes, `paper` (2e7 steps a call) needs a GPU.
+about a minute on 2 CPU cores with a warm compilation cache, `cpu` (2M steps a call, about
+15 s a call with the native backend) about two minutes, `paper` (2e7 steps a call) needs a GPU.
 """
 
 import dataclasses
