@@ -1,4 +1,5 @@
-"""Hypothesis strategies for nfn tests: random weight spaces and random Equinox architectures.
+"""Hypothesis strategies for nfn tests: random weight spaces and random Equinox architectures,
+and the checks that a permuted model computes the same function.
 
 Weight spaces come as `(params, spec)` dicts of host (numpy) arrays, so drawing them compiles
 nothing. Term counts are kept small (see `MAX_TERMS`) so that each drawn space compiles fast.
@@ -11,6 +12,8 @@ import equinox as eqx
 import jax
 import numpy as np
 from hypothesis import strategies as st
+
+import nfn
 
 # Upper bound on the number of equivariant basis terms between leaf pairs that share an id: each
 # such term is one einsum to compile.
@@ -156,3 +159,22 @@ def conv_nets(draw, *, max_layers: int = 3, max_channels: int = 4):
         )
     spatial = (draw(st.integers(3, 5)),) * dims
     return eqx.nn.Sequential(layers), (channels[0], *spatial)
+
+
+def permuted_model(model, space, perm):
+    """`model` with `perm` applied to its parameters."""
+    params, static = eqx.partition(model, eqx.is_array)
+    return eqx.combine(nfn.permute(space, params, perm), static)
+
+
+@eqx.filter_jit
+def original_and_permuted(model, space, perm, x):
+    """Outputs of `model` and of `model` with `perm` applied to its parameters (one compile)."""
+    return jax.vmap(model)(x), jax.vmap(permuted_model(model, space, perm))(x)
+
+
+def assert_close_scaled(a, b, rel=1e-5):
+    """`a` equals `b` up to `rel` times the larger of 1 and `a`'s largest magnitude."""
+    a, b = np.asarray(a), np.asarray(b)
+    scale = max(1.0, float(np.max(np.abs(a))))
+    np.testing.assert_allclose(a, b, rtol=0, atol=rel * scale)

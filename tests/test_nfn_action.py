@@ -10,7 +10,14 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from nfn_strategies import conv_nets, mlps, random_features, weight_spaces
+from nfn_strategies import (
+    assert_close_scaled,
+    conv_nets,
+    mlps,
+    original_and_permuted,
+    random_features,
+    weight_spaces,
+)
 
 import nfn
 
@@ -111,23 +118,6 @@ def test_permute_rejects_bad_permutations():
 # --------------------------------------------------------------------------- function preservation
 
 
-def permuted_model(model, space, perm):
-    params, static = eqx.partition(model, eqx.is_array)
-    return eqx.combine(nfn.permute(space, params, perm), static)
-
-
-@eqx.filter_jit
-def _original_and_permuted(model, space, perm, x):
-    """Outputs of `model` and of `model` with `perm` applied to its parameters (one compile)."""
-    return jax.vmap(model)(x), jax.vmap(permuted_model(model, space, perm))(x)
-
-
-def assert_close_scaled(a, b, rel=1e-5):
-    a, b = np.asarray(a), np.asarray(b)
-    scale = max(1.0, float(np.max(np.abs(a))))
-    np.testing.assert_allclose(a, b, rtol=0, atol=rel * scale)
-
-
 def assert_clearly_different(a, b):
     a, b = np.asarray(a), np.asarray(b)
     scale = max(1e-3, float(np.max(np.abs(a))))
@@ -139,7 +129,7 @@ def assert_clearly_different(a, b):
 def test_permuting_hidden_neurons_preserves_mlp(mlp, seed):
     space = nfn.weight_space(mlp)
     perm, x = host_permutation(space, seed), host_normal(seed, (7, mlp.in_size))
-    assert_close_scaled(*_original_and_permuted(mlp, space, perm, x))
+    assert_close_scaled(*original_and_permuted(mlp, space, perm, x))
 
 
 def host_permutation(space, seed):
@@ -166,10 +156,10 @@ def test_permuting_a_fixed_axis_changes_mlp_output():
     # The hidden ids of the "permuted" space keep the function; swapping inputs or outputs not.
     ident = {g: jnp.arange(n) for g, n in np_space.sizes.items()}
     hidden = {**ident, 1: swap_first_two(5), 2: swap_first_two(5)}
-    assert_close_scaled(*_original_and_permuted(mlp, np_space, hidden, x))
+    assert_close_scaled(*original_and_permuted(mlp, np_space, hidden, x))
     for boundary in (0, 3):  # input id, output id
         perm = {**ident, boundary: swap_first_two(3)}
-        assert_clearly_different(*_original_and_permuted(mlp, np_space, perm, x))
+        assert_clearly_different(*original_and_permuted(mlp, np_space, perm, x))
     assert fixed_space.leaves[0].axes[1] is None and fixed_space.leaves[-1].axes[0] is None
 
 
@@ -179,7 +169,7 @@ def test_permuting_channels_preserves_conv_net(drawn, seed):
     model, input_shape = drawn
     space = nfn.weight_space(model)
     perm, x = host_permutation(space, seed), host_normal(seed, (2, *input_shape))
-    assert_close_scaled(*_original_and_permuted(model, space, perm, x))
+    assert_close_scaled(*original_and_permuted(model, space, perm, x))
 
 
 def small_conv():
@@ -199,7 +189,7 @@ def test_conv_relu_conv_hidden_channels_and_fixed_axes():
     space = nfn.weight_space(model)
     assert space.sizes == {0: 4}
     perm = {0: jnp.asarray([2, 0, 3, 1])}
-    y, y_perm = _original_and_permuted(model, space, perm, x)
+    y, y_perm = original_and_permuted(model, space, perm, x)
     assert_close_scaled(y, y_perm)
     # Permuting a fixed axis by hand: input channels of the first kernel, or a spatial axis.
     params, static = eqx.partition(model, eqx.is_array)
@@ -207,7 +197,7 @@ def test_conv_relu_conv_hidden_channels_and_fixed_axes():
     for bad in (w[:, ::-1], w[:, :, ::-1], w[..., [1, 0, 2]]):
         bad = jnp.asarray(np.ascontiguousarray(bad))
         broken = eqx.combine(eqx.tree_at(lambda p: p.layers[0].weight, params, bad), static)
-        assert_clearly_different(y, _original_and_permuted(broken, space, perm, x)[0])
+        assert_clearly_different(y, original_and_permuted(broken, space, perm, x)[0])
 
 
 def test_unknown_lambda_is_a_barrier():
@@ -225,7 +215,7 @@ def test_unknown_lambda_is_a_barrier():
     space = nfn.weight_space(model)
     assert space.sizes == {0: 3}
     perm = {0: jnp.asarray([1, 2, 0])}
-    y, y_perm = _original_and_permuted(model, space, perm, x)
+    y, y_perm = original_and_permuted(model, space, perm, x)
     assert_close_scaled(y, y_perm)
     # Permuting the channels before the barrier like hidden neurons (out channels of the second
     # conv with its bias, without the Linear's inputs, which ravel scrambled) breaks the function.
@@ -240,7 +230,7 @@ def test_unknown_lambda_is_a_barrier():
         ),
     )
     broken = eqx.combine(broken, static)
-    assert_clearly_different(y, _original_and_permuted(broken, space, perm, x)[0])
+    assert_clearly_different(y, original_and_permuted(broken, space, perm, x)[0])
 
 
 # --------------------------------------------------------------------------- features
@@ -309,7 +299,7 @@ def test_grouped_conv_channels_are_not_a_free_symmetry():
     x = host_normal(8, (3, 2, 5))
     # Swapping channels within a group would be fine; across groups (0 <-> 2) it is not.
     perm = {0: jnp.asarray([2, 1, 0, 3])}
-    assert_clearly_different(*_original_and_permuted(model, naive, perm, x))
+    assert_clearly_different(*original_and_permuted(model, naive, perm, x))
 
 
 # --------------------------------------------------------------------------- batches and bad input

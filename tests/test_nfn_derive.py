@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from nfn_strategies import assert_close_scaled, original_and_permuted, permuted_model
 
 import nfn
 
@@ -33,22 +34,6 @@ def host_permutation(space, seed):
 
 def host_normal(seed, shape):
     return jnp.asarray(np.random.default_rng(seed + 1).standard_normal(shape), jnp.float32)
-
-
-def permuted_model(model, space, perm):
-    params, static = eqx.partition(model, eqx.is_array)
-    return eqx.combine(nfn.permute(space, params, perm), static)
-
-
-@eqx.filter_jit
-def _original_and_permuted(model, space, perm, x):
-    return jax.vmap(model)(x), jax.vmap(permuted_model(model, space, perm))(x)
-
-
-def assert_close_scaled(a, b, rel=1e-5):
-    a, b = np.asarray(a), np.asarray(b)
-    scale = max(1.0, float(np.max(np.abs(a))))
-    np.testing.assert_allclose(a, b, rtol=0, atol=rel * scale)
 
 
 # --------------------------------------------------------------------------- MLP activations
@@ -99,7 +84,7 @@ def test_mlp_activation_symmetry_preserves_function(activation, seed):
             # Only hidden ids may keep the function; the boundary ids are the network's I/O.
             boundary = {space.leaves[0].axes[1], space.leaves[-1].axes[0]} - {None}
             perm = {g: (jnp.arange(len(p)) if g in boundary else p) for g, p in perm.items()}
-        assert_close_scaled(*_original_and_permuted(mlp, space, perm, x))
+        assert_close_scaled(*original_and_permuted(mlp, space, perm, x))
 
 
 def test_mlp_with_learned_activation_one_hidden_layer():
@@ -114,7 +99,7 @@ def test_mlp_with_learned_activation_one_hidden_layer():
         lambda p: p.activation.negative_slope, params, jnp.asarray([[0.1, 0.5, 0.9, 0.3]])
     )
     mlp = eqx.combine(params, static)
-    assert_close_scaled(*_original_and_permuted(mlp, space, perm, host_normal(0, (5, 3)) * 3))
+    assert_close_scaled(*original_and_permuted(mlp, space, perm, host_normal(0, (5, 3)) * 3))
 
 
 def test_mlp_with_learned_activation_deep_fixes_hidden_neurons():
@@ -187,7 +172,7 @@ def test_pooling_passes_channels_through(drawn, seed):
     space = nfn.weight_space(model)
     assert space.sizes == {0: model.layers[0].out_channels}
     perm, x = host_permutation(space, seed), host_normal(seed, (2, *input_shape))
-    assert_close_scaled(*_original_and_permuted(model, space, perm, x))
+    assert_close_scaled(*original_and_permuted(model, space, perm, x))
 
 
 @st.composite
@@ -231,7 +216,7 @@ def test_layer_norm_parameters_follow_their_neurons(model, seed):
     if model.layers[0].weight is not None:
         assert spec[".layers[0].weight"] == (None,)  # the network's inputs: fixed
     perm, x = host_permutation(space, seed), host_normal(seed, (5, 3))
-    assert_close_scaled(*_original_and_permuted(model, space, perm, x))
+    assert_close_scaled(*original_and_permuted(model, space, perm, x))
     permuted = nfn.weight_space(model, io="permuted")
     if model.layers[0].weight is not None:
         assert spec_of(permuted)[".layers[0].weight"] == (0,)
@@ -256,7 +241,7 @@ def test_conv_layer_norm_follows_channels():
     space = nfn.weight_space(model)
     assert spec_of(space)[".layers[1].weight"] == (0, None, None)
     perm = {0: jnp.asarray([2, 0, 1])}
-    assert_close_scaled(*_original_and_permuted(model, space, perm, host_normal(2, (2, 2, 6, 6))))
+    assert_close_scaled(*original_and_permuted(model, space, perm, host_normal(2, (2, 2, 6, 6))))
 
 
 @settings(max_examples=5, deadline=None)
@@ -274,9 +259,7 @@ def test_embedding_outputs_are_permuted_like_neurons(width, seed):
     assert spec_of(space)[".layers[0].weight"] == (None, 0)
     assert spec_of(nfn.weight_space(model, io="permuted"))[".layers[0].weight"] == (0, 1)
     tokens = jnp.asarray(np.random.default_rng(seed).integers(0, 7, 9))
-    assert_close_scaled(
-        *_original_and_permuted(model, space, host_permutation(space, seed), tokens)
-    )
+    assert_close_scaled(*original_and_permuted(model, space, host_permutation(space, seed), tokens))
 
 
 @st.composite
@@ -316,7 +299,7 @@ def test_residual_stream_and_block_outputs_share_an_id(model, seed):
     assert spec[".layers[1].body.layers[0].weight"][1] == stream
     assert spec[f".layers[{len(model.layers) - 1}].weight"][1] == stream
     perm, x = host_permutation(space, seed), host_normal(seed, (5, 3))
-    assert_close_scaled(*_original_and_permuted(model, space, perm, x))
+    assert_close_scaled(*original_and_permuted(model, space, perm, x))
 
 
 def test_residual_body_ending_in_a_barrier_fixes_the_stream():
@@ -363,7 +346,7 @@ def test_hooks_describe_user_modules(seed):
     assert spec_of(space)[".layers[1].up.weight"] == (1, 0)
     assert spec_of(space)[".layers[1].down.weight"] == (0, 1)
     perm, x = host_permutation(space, seed), host_normal(seed, (5, 3))
-    assert_close_scaled(*_original_and_permuted(model, space, perm, x))
+    assert_close_scaled(*original_and_permuted(model, space, perm, x))
 
 
 # --------------------------------------------------------------------------- packed axes
