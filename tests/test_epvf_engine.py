@@ -529,3 +529,50 @@ def test_nonfinite_updates_are_skipped():
     assert int(skipped(moved.policy_opt_state)) == 2
     for a, b in zip(jax.tree.leaves(state.policy), jax.tree.leaves(moved.policy), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+# --- standardised critic targets --------------------------------------------------------------
+
+
+def test_standardize_valid_entries_and_ties():
+    from nfn_rl.epvf._trainer import standardize
+
+    values = jnp.array([1.0, 2.0, 3.0, 100.0, 4.0])
+    valid = jnp.array([True, True, True, False, True])
+    out = np.asarray(standardize(values, valid))
+    kept = out[np.asarray(valid)]
+    np.testing.assert_allclose(kept.mean(), 0.0, atol=1e-6)
+    np.testing.assert_allclose(kept.std(), 1.0, rtol=1e-6)
+    assert out[3] == 100.0
+    # Equal values (up to rounding of their mean) standardise to 0, not to rounding noise.
+    same = jnp.full(5, 1.0e-5 / 3.0)
+    np.testing.assert_array_equal(standardize(same, jnp.ones(5, bool)), np.zeros(5))
+
+
+def _critic_after_update(config, returns):
+    trainer = nfn_rl.make_trainer(config)
+    state = trainer.init(jax.random.key(0))
+    population = nfn_rl.perturb_population(
+        trainer.policy(state), 16, key=jax.random.key(1), scale=0.3
+    )
+    params = eqx.filter(population, eqx.is_array)
+    state = dataclasses.replace(state, buffer=state.buffer.insert((params, returns)))
+    updated, _ = eqx.filter_jit(lambda t, s: t.critic_update(s, key=jax.random.key(2)))(
+        trainer, state
+    )
+    return np.concatenate([np.ravel(x) for x in jax.tree.leaves(updated.critic)])
+
+
+def test_standardized_returns_make_the_critic_fit_any_return_scale():
+    config = dataclasses.replace(SMALL, critic_steps=3, standardize_returns=True)
+    returns = jax.random.uniform(jax.random.key(3), (16,))
+    # An affine change of the returns (here to the 1e-5 scale of a still position Ant) leaves
+    # the critic's update unchanged with standardised targets (to float32 rounding of the
+    # targets, which Adam's normalisation amplifies to 6e-6 in one weight of 13,473 here), and
+    # changes it by Adam's step size (1e-3) without them.
+    tiny = 1e-5 * returns + 3e-5
+    same = _critic_after_update(config, returns) - _critic_after_update(config, tiny)
+    assert np.abs(same).max() < 2e-5
+    raw = dataclasses.replace(config, standardize_returns=False)
+    moved = _critic_after_update(raw, returns) - _critic_after_update(raw, tiny)
+    assert np.abs(moved).max() > 1e-3

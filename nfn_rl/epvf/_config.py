@@ -41,6 +41,13 @@ class EPVFConfig(TrainConfig):
         critic_steps: critic Adam steps per iteration (K).
         policy_steps: policy Adam steps per iteration (L).
         critic_lr: critic Adam learning rate.
+        standardize_returns: fit the critic to each batch's returns standardised by that
+            batch's mean and standard deviation instead of the raw returns. The policy steps
+            only use the critic's gradient direction (Adam), which an affine change of the
+            targets leaves unchanged, but the critic can then fit returns of any scale: on the
+            position Ant a still policy's returns are of order 1e-5, far below the precision a
+            critic reaches with learning rate 1e-3 on raw targets. `critic_loss` is then the
+            normalised error (1 - R^2 on the batch). Off in the paper's recipe.
         policy_lr: policy learning rate (at the first iteration).
         policy_lr_end: policy learning rate at the last iteration (exponential schedule only).
         policy_lr_schedule: "constant" or "exponential" (from `policy_lr` to `policy_lr_end`).
@@ -82,6 +89,7 @@ class EPVFConfig(TrainConfig):
     critic_steps: int = 10
     policy_steps: int = 10
     critic_lr: float = 1e-3
+    standardize_returns: bool = False
     policy_lr: float = 1e-3
     policy_lr_end: float = 1e-3
     # `str`, not `Literal`: a bad value then reaches `__post_init__`, whose error names the choices.
@@ -135,6 +143,7 @@ class EPVFConfig(TrainConfig):
                 check_float(owner, name, getattr(self, name), positive=True)
         check_bool(owner, "multiple_policies", self.multiple_policies)
         check_bool(owner, "unf_layer_norm", self.unf_layer_norm)
+        check_bool(owner, "standardize_returns", self.standardize_returns)
         if self.batch_size > self.buffer_size:
             fail(owner, "batch_size", f"must be <= buffer_size={self.buffer_size}")
         pairs = self.iterations * self.num_envs

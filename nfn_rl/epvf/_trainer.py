@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
-from jaxtyping import Array, Float, Int, Key, PRNGKeyArray, PyTree, UInt32
+from jaxtyping import Array, Bool, Float, Int, Key, PRNGKeyArray, PyTree, UInt32
 
 from nfn_rl.envs import (
     Ant,
@@ -69,6 +69,22 @@ def policy_lr_at(config: EPVFConfig, iteration: Int[Array, ""] | int) -> Float[A
         return jnp.asarray(config.policy_lr, jnp.float32)
     fraction = jnp.asarray(iteration, jnp.float32) / max(config.iterations - 1, 1)
     return config.policy_lr * (config.policy_lr_end / config.policy_lr) ** fraction
+
+
+def standardize(values: Float[Array, " n"], valid: Bool[Array, " n"]) -> Float[Array, " n"]:
+    """`values` minus the mean of the valid ones, divided by their standard deviation; invalid
+    entries are returned unchanged. Values that are equal up to float32 rounding (standard
+    deviation below 1e-6 of their largest magnitude) standardise to 0, not to amplified rounding
+    noise."""
+    count = jnp.maximum(jnp.sum(valid), 1)
+    mean = jnp.sum(jnp.where(valid, values, 0.0)) / count
+    centred = jnp.where(valid, values - mean, 0.0)
+    std = jnp.sqrt(jnp.sum(centred**2) / count)
+    largest = jnp.max(jnp.where(valid, jnp.abs(values), 0.0))
+    distinct = std > 1e-6 * largest
+    return jnp.where(
+        valid, jnp.where(distinct, centred / jnp.where(distinct, std, 1.0), 0.0), values
+    )
 
 
 def _policy_optimizer(config: EPVFConfig) -> optax.GradientTransformation:
@@ -191,6 +207,8 @@ class EPVFTrainer(Trainer):
         optimizer = _critic_optimizer(self.config)
 
         def loss_fn(critic, params, returns, valid):
+            if self.config.standardize_returns:
+                returns = standardize(returns, valid)
             error = jnp.where(valid, self._value(critic, params) - returns, 0.0)
             return jnp.sum(error**2) / jnp.maximum(jnp.sum(valid), 1)
 
