@@ -12,7 +12,15 @@ from jaxtyping import PyTree
 from nfn_rl.baselines import PPOConfig, SACConfig, make_ppo, make_sac
 from nfn_rl.envs import Environment, make_env
 from nfn_rl.epvf import EPVFConfig, make_epvf
-from nfn_rl.run import TrainConfig, Trainer, TrainState, load_checkpoint, read_header, run_training
+from nfn_rl.run import (
+    CheckpointError,
+    TrainConfig,
+    Trainer,
+    TrainState,
+    load_checkpoint,
+    read_header,
+    run_training,
+)
 
 CONFIGS: dict[str, type[TrainConfig]] = {"epvf": EPVFConfig, "ppo": PPOConfig, "sac": SACConfig}
 """The config class of each algorithm, by its `algo` name."""
@@ -121,7 +129,12 @@ def load_run(
     path = Path(path)
     if path.is_dir():
         path = path / "checkpoint.eqx"
-    config = config_from_dict(read_header(path)["config"])
+    try:
+        config = config_from_dict(read_header(path)["config"])
+    except (TypeError, ValueError) as error:
+        if isinstance(error, CheckpointError):
+            raise
+        raise CheckpointError(f"{path}: its stored config is not valid today: {error}") from None
     trainer = make_trainer(config, env)
     state, header = load_checkpoint(path, trainer)
     return trainer, state, header

@@ -3,6 +3,7 @@ pure PPO/SAC losses, and the review's correctness fixes (each test failed before
 
 import ast
 import dataclasses
+import json
 import math
 import pathlib
 
@@ -258,6 +259,27 @@ def test_critic_options_are_config_fields_recorded_in_config_json(tmp_path):
             resume=True,
             progress=False,
         )
+
+
+def _rewrite_header(path, change):
+    header_line, _, payload = path.read_bytes().partition(b"\n")
+    header = json.loads(header_line)
+    change(header["config"])
+    path.write_bytes((json.dumps(header) + "\n").encode() + payload)
+
+
+def test_checkpoint_from_before_a_config_field_existed_loads_with_its_default(tmp_path):
+    config = dataclasses.replace(CARTPOLE, iterations=10, checkpoint_interval=10)
+    nfn_rl.train(config, out_dir=tmp_path, progress=False)
+    checkpoint = tmp_path / "checkpoint.eqx"
+    # As written before `standardize_returns` existed: the field is absent from the header.
+    _rewrite_header(checkpoint, lambda fields: fields.pop("standardize_returns"))
+    trainer, state, _ = nfn_rl.load_run(tmp_path)
+    assert trainer.config == config and int(state.iteration) == 10
+    # A field the config no longer has is refused by name.
+    _rewrite_header(checkpoint, lambda fields: fields.update(retired_option=1))
+    with pytest.raises(nfn_rl.run.CheckpointError, match="retired_option"):
+        nfn_rl.load_run(tmp_path)
 
 
 # --- PPO and SAC losses ----------------------------------------------------------------------

@@ -87,6 +87,12 @@ def load_checkpoint(path: str | os.PathLike, trainer) -> tuple[PyTree, dict[str,
             f"{path} holds a {stored.get('algo')!r} run, not a {given['algo']!r} run: the "
             "algorithms differ"
         )
+    # Fields added to a config class after the checkpoint was written take their defaults,
+    # which reproduce the behaviour from before they existed (the convention for new fields).
+    try:
+        stored = _json_normal(type(trainer.config).from_dict(stored).to_dict())
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{path}: its stored config is not valid today: {error}") from None
     if stored != given:
         diff = {
             name: (stored.get(name), given.get(name))
