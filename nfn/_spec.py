@@ -3,7 +3,7 @@
 import dataclasses
 import math
 import numbers
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import jax
@@ -91,8 +91,9 @@ class NeuronSymmetry:
 
     id: int
     kind: str
-    incoming: tuple[tuple[str, int], ...] = ()
-    outgoing: tuple[tuple[str, int], ...] = ()
+    # Any sequence of pairs is accepted; they are stored as tuples (records are hashable).
+    incoming: Sequence[tuple[str, int]] = ()
+    outgoing: Sequence[tuple[str, int]] = ()
 
     def __post_init__(self):
         if self.kind not in SYMMETRY_KINDS:

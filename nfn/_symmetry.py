@@ -11,7 +11,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, PRNGKeyArray, PyTree
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree
 
 from nfn._spec import NeuronSymmetry, WeightSpace
 
@@ -117,7 +117,7 @@ def sample_symmetry(
 
 
 def apply_symmetry(
-    space: WeightSpace, params: PyTree[Array], factors: SymmetryFactors
+    space: WeightSpace, params: PyTree[ArrayLike], factors: SymmetryFactors
 ) -> PyTree[Array]:
     """Rescale the hidden neurons of **one** network: `factors[id][i]` multiplies neuron `i`'s
     incoming weights and bias and divides its outgoing weights (see
@@ -164,7 +164,7 @@ def apply_symmetry(
     return space.unflatten(leaves)
 
 
-def canonicalize(space: WeightSpace, params: PyTree[Array]) -> PyTree[Array]:
+def canonicalize(space: WeightSpace, params: PyTree[ArrayLike]) -> PyTree[Array]:
     """A canonical representative of **one** network under its hidden neurons' sign and scale
     symmetries; it computes the same function. For a batch, `jax.vmap`.
 
