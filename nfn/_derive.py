@@ -405,22 +405,19 @@ class _ChainBuilder:
                 kinds[final] = kinds.get(final, _BOTH) & kind
         sides: dict[int, dict[str, list]] = {g: {"incoming": [], "outgoing": []} for g in kinds}
         for path, array in arrays:
+            spec = self.spec_of(array)
+            if any(isinstance(entry, Packed) for entry in spec):
+                # Recurrent cells and attention: their neurons get no sign or scale symmetry.
+                for entry in spec:
+                    factors = entry.factors if isinstance(entry, Packed) else [(entry, 0)]
+                    for pid, _ in factors:
+                        if pid is not None:
+                            kinds[pid] = frozenset()
+                continue
             roles = self.roles.get(id(array))
-            carried = [
-                (axis, entry)
-                for axis, entry in enumerate(self.spec_of(array))
-                if isinstance(entry, int)
-            ]
-            if any(isinstance(entry, Packed) for entry in self.spec_of(array)):
-                roles = None  # Packed axes (recurrent cells, attention): no sign or scale.
-                carried = [
-                    (0, pid)
-                    for entry in self.spec_of(array)
-                    if isinstance(entry, Packed)
-                    for pid, _ in entry.factors
-                    if pid is not None
-                ] + carried
-            for axis, pid in carried:
+            for axis, pid in enumerate(spec):
+                if pid is None:
+                    continue
                 role = None if roles is None else roles[axis]
                 if role is None:
                     kinds[pid] = frozenset()  # e.g. a layer norm's per-neuron parameters
