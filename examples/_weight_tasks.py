@@ -15,6 +15,46 @@ from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 import nfn
 
 MODELS: tuple[str, ...] = ("flat MLP", "flat MLP + aug", "statistics", "UNF NP", "UNF HNP")
+# `--symmetry`: UNF HNP alone, on canonicalised networks (`nfn.canonicalize`), and with random
+# sign/scale symmetries as augmentation (`nfn.sample_symmetry`).
+SYMMETRY_MODELS: tuple[str, ...] = ("UNF HNP", "UNF HNP + canon", "UNF HNP + sym aug")
+
+
+@dataclasses.dataclass(frozen=True)
+class Symmetries:
+    """The sign/scale symmetry of every network of a dataset, which may differ per network (a
+    zoo mixes relu and tanh CNNs): `spaces[k]` records it for the networks with `group == k`."""
+
+    spaces: tuple[nfn.WeightSpace, ...]
+    group: np.ndarray
+
+    def canonicalize(self, params, group: np.ndarray):
+        """Each of a batch of networks canonicalised under its own group's symmetry."""
+        outs = [jax.vmap(lambda p, s=sp: nfn.canonicalize(s, p))(params) for sp in self.spaces]
+        rows = jnp.arange(len(group))
+        return jax.tree.map(lambda *xs: jnp.stack(xs)[jnp.asarray(group), rows], *outs)
+
+    def augment(self, key: PRNGKeyArray, params, group: Array):
+        """Each of a batch of networks moved by a random element of its group's symmetry."""
+        keys = jax.random.split(key, group.shape[0])
+
+        def one(k, p, g):
+            draws = [nfn.sample_symmetry(space, key=k) for space in self.spaces]
+            factors = {
+                pid: jnp.stack([d[pid] for d in draws])[g] for pid in draws[0] if pid in draws[-1]
+            }
+            return nfn.apply_symmetry(self.linear, p, factors)
+
+        return jax.vmap(one)(keys, params, group)
+
+    @property
+    def linear(self) -> nfn.WeightSpace:
+        # The same axes with any nonzero factor allowed: each network's factors come from its
+        # own group (values are not checked under the trace).
+        records = [r for r in self.spaces[0].symmetries if r.kind != "none"]
+        return self.spaces[0].with_symmetries(
+            *(nfn.NeuronSymmetry(r.id, "linear", r.incoming, r.outgoing) for r in records)
+        )
 
 
 def leaf_scales(params: PyTree[Array]) -> list[Array]:
@@ -46,6 +86,8 @@ class WeightModel(eqx.Module):
         channels: int = 16,
         key: PRNGKeyArray,
     ):
+        # "+ canon" and "+ sym aug" change the data, not the model.
+        kind = kind.removesuffix(" + canon").removesuffix(" + sym aug")
         self.kind, self.space = kind, hnp
         if kind in ("flat MLP", "flat MLP + aug"):
             self.body = eqx.nn.MLP(hnp.num_parameters, out_size, width, 2, key=key)
@@ -103,13 +145,18 @@ def make_train(
     loss: Callable[[Array, Array], Array],
     n: int,
     config: TrainConfig,
+    symmetries: Symmetries | None = None,
 ):
     """`train(key, x_train, y_train, x_eval) -> predictions on x_eval` for one seed of one
     model trained on `n` networks (the data are arguments, not constants folded into the
-    compiled program)."""
+    compiled program). `"... + sym aug"` models need `symmetries` (of the training networks);
+    `"... + canon"` ones expect canonicalised networks."""
     steps = max(n // config.batch_size, 1)
     batch = min(config.batch_size, n)
     augment = kind == "flat MLP + aug"
+    sym_augment = kind.endswith("+ sym aug")
+    if sym_augment and symmetries is None:
+        raise ValueError(f"model {kind!r} needs the networks' symmetries")
 
     def train(key: PRNGKeyArray, x_train, y_train, x_eval):
         init_key, key = jax.random.split(key)
@@ -125,8 +172,11 @@ def make_train(
         params, static = eqx.partition(model, eqx.is_inexact_array)
         zeros = jax.tree.map(jnp.zeros_like, params)
 
-        def batch_loss(params, xb, yb, key):
+        def batch_loss(params, xb, yb, key, index):
             model = eqx.combine(params, static)
+            if sym_augment:
+                group = jnp.asarray(symmetries.group)[index]
+                xb = symmetries.augment(key, xb, group)
             if augment:
                 # A fresh random permutation of the true symmetry for every network.
                 keys = jax.random.split(key, yb.shape[0])
@@ -143,7 +193,7 @@ def make_train(
                 params, mu, nu, step, key = carry
                 key, aug_key = jax.random.split(key)
                 xb = jax.tree.map(lambda x: x[index], x_train)
-                grads = jax.grad(batch_loss)(params, xb, y_train[index], aug_key)
+                grads = jax.grad(batch_loss)(params, xb, y_train[index], aug_key, index)
                 step = step + 1
                 updates, mu, nu = _adam(grads, mu, nu, step, config.learning_rate)
                 params = jax.tree.map(lambda p, u: p + u, params, updates)

@@ -7,7 +7,10 @@ permutation augmentation, the statistics baseline, and UNF encoders with all neu
 vmapped program on 80% of the zoo (a fixed split) and is scored on the other 20% by Kendall's
 tau and R^2. Without `--zoo` the zoo file is generated first (`examples/make_cnn_zoo.py`);
 `--quick` uses a small fresh zoo and short training instead (a smoke test, not a result). The
-last line is `best: <model> <metric> <value>; flat MLP <value>`.
+last line is `best: <model> <metric> <value>; flat MLP <value>`. `--symmetry` trains
+`_weight_tasks.SYMMETRY_MODELS` instead: UNF HNP on the weights as they are, on canonicalised
+weights (`nfn.canonicalize`, each CNN under its own activation's symmetry: relu scales or tanh
+signs) and with random sign/scale symmetries as augmentation.
 """
 
 import argparse
@@ -29,6 +32,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--figure", type=Path, default=None)
+    parser.add_argument("--symmetry", action="store_true")
     args = parser.parse_args()
     start = time.perf_counter()
     if args.quick:
@@ -53,6 +57,22 @@ def main() -> None:
     hnp, np_space = zoo.weight_space("fixed"), zoo.weight_space("permuted")
     x_train = jax.tree.map(lambda x: x[train_idx], zoo.params)
     x_test = jax.tree.map(lambda x: x[test_idx], zoo.params)
+    models, symmetries, canonical = tasks.MODELS, None, None
+    if args.symmetry:
+        models = tasks.SYMMETRY_MODELS
+        template = zoo.template()
+        spaces = tuple(nfn.zoo.cnn_space(template, activation=a) for a in nfn.zoo.ACTIVATIONS)
+        group = np.asarray(zoo.hparams["activation"])
+        symmetries = tasks.Symmetries(spaces, group[train_idx])
+        canonical = [
+            symmetries.canonicalize(x, group[idx])
+            for x, idx in ((x_train, train_idx), (x_test, test_idx))
+        ]
+        # Canonical weights have their own leaf scales (ReLU rows of unit norm).
+        canonical_scales = tasks.leaf_scales(canonical[0])
+        canonical = [
+            jax.vmap(lambda p: tasks.scale_leaves(hnp, p, canonical_scales))(x) for x in canonical
+        ]
     scales = tasks.leaf_scales(x_train)
     x_train, x_test = (
         jax.vmap(lambda p: tasks.scale_leaves(hnp, p, scales))(x) for x in (x_train, x_test)
@@ -65,12 +85,13 @@ def main() -> None:
     seeds = list(range(args.seeds))
     taus, r2s, predictions = [], [], {}
     print(f"zoo: {n} CNNs ({cut} train / {n - cut} test); epochs {config.epochs}", flush=True)
-    for kind in tasks.MODELS:
+    for kind in models:
         t0 = time.perf_counter()
-        train = tasks.make_train(kind, hnp, np_space, "scalar", mse, cut, config)
+        train = tasks.make_train(kind, hnp, np_space, "scalar", mse, cut, config, symmetries)
         keys = jnp.stack([jax.random.key(s) for s in seeds])
         train_seeds = jax.jit(jax.vmap(train, in_axes=(0, None, None, None)))
-        pred = np.asarray(train_seeds(keys, x_train, y_train, x_test))
+        inputs = canonical if kind.endswith("+ canon") else (x_train, x_test)
+        pred = np.asarray(train_seeds(keys, inputs[0], y_train, inputs[1]))
         predictions[kind] = pred
         taus.append((kind, [tasks.kendall_tau(p, y_test) for p in pred]))
         r2s.append((kind, [tasks.r_squared(p, y_test) for p in pred]))
@@ -84,7 +105,8 @@ def main() -> None:
         _figure(args.figure, predictions, y_test)
     means = {kind: np.mean(values) for kind, values in taus}
     best = max(means, key=means.get)
-    print(f"best: {best} tau {means[best]:.3f}; flat MLP {means['flat MLP']:.3f}")
+    reference = "UNF HNP" if args.symmetry else "flat MLP"
+    print(f"best: {best} tau {means[best]:.3f}; {reference} {means[reference]:.3f}")
 
 
 def _figure(path: Path, predictions: dict[str, np.ndarray], target: np.ndarray) -> None:

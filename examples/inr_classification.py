@@ -8,6 +8,9 @@ weights, and, for comparison, an MLP with the same hidden layers on the raw pixe
 `nfn.zoo.load_digits_split` (497 test digits). `--independent-init` starts every fit from its
 own random initialisation instead. `--quick` fits fewer digits with fewer steps (a smoke test,
 not a result). The last line is `best: <model> <metric> <value>; flat MLP <value>`.
+`--symmetry` trains `_weight_tasks.SYMMETRY_MODELS` instead: UNF HNP on the weights as they are,
+on canonicalised weights (`nfn.canonicalize`: the sign of every hidden sine neuron fixed) and
+with random sign flips as augmentation; no pixel baseline.
 """
 
 import argparse
@@ -48,6 +51,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--independent-init", action="store_true")
+    parser.add_argument("--symmetry", action="store_true")
     parser.add_argument(
         "--figure", type=str, default=None, help="write test digits next to their decoded INRs"
     )
@@ -86,6 +90,18 @@ def main() -> None:
     n_train = len(y_train)
     w_train = jax.tree.map(lambda x: x[:n_train], params)
     w_test = jax.tree.map(lambda x: x[n_train:], params)
+    models, symmetries, canonical = tasks.MODELS, None, None
+    if args.symmetry:
+        models = tasks.SYMMETRY_MODELS
+        symmetries = tasks.Symmetries((hnp,), np.zeros(n_train, int))
+        canonical = [
+            symmetries.canonicalize(w, np.zeros(len(jax.tree.leaves(w)[0]), int))
+            for w in (w_train, w_test)
+        ]
+        canonical_scales = tasks.leaf_scales(canonical[0])
+        canonical = [
+            jax.vmap(lambda p: tasks.scale_leaves(hnp, p, canonical_scales))(w) for w in canonical
+        ]
     scales = tasks.leaf_scales(w_train)
     w_train, w_test = (
         jax.vmap(lambda p: tasks.scale_leaves(hnp, p, scales))(w) for w in (w_train, w_test)
@@ -100,13 +116,26 @@ def main() -> None:
 
     def run(kind, hnp, np_space, train_inputs, test_inputs, label=None):
         t0 = time.perf_counter()
-        train = tasks.make_train(kind, hnp, np_space, 10, cross_entropy, n_train, config)
+        train = tasks.make_train(
+            kind, hnp, np_space, 10, cross_entropy, n_train, config, symmetries
+        )
         train_seeds = jax.jit(jax.vmap(train, in_axes=(0, None, None, None)))
         logits = np.asarray(train_seeds(keys, train_inputs, labels_train, test_inputs))
         print(f"{label or kind}: {time.perf_counter() - t0:.1f} s", flush=True)
         return [float(np.mean(np.argmax(z, -1) == labels_test)) for z in logits]
 
-    rows = [(kind, run(kind, hnp, np_space, w_train, w_test)) for kind in tasks.MODELS]
+    rows = []
+    for kind in models:
+        inputs = canonical if kind.endswith("+ canon") else (w_train, w_test)
+        rows.append((kind, run(kind, hnp, np_space, *inputs)))
+    if args.symmetry:
+        print()
+        print(tasks.table(rows, "acc", seeds))
+        means = {kind: np.mean(values) for kind, values in rows}
+        best = max(means, key=means.get)
+        print(f"\ntotal {time.perf_counter() - start:.1f} s")
+        print(f"best: {best} accuracy {means[best]:.3f}; UNF HNP {means['UNF HNP']:.3f}")
+        return
     # The same flat MLP on the 64 raw pixels: a "weight space" of one leaf, every axis fixed.
     pixels_train = jnp.asarray(x_train.reshape(n_train, -1))
     pixels_test = jnp.asarray(x_test.reshape(len(y_test), -1))

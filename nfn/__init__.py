@@ -3,7 +3,9 @@
 A *weight space* is a parameter pytree plus a spec saying which permutation acts on each axis of
 each leaf. `nfn` provides the permutation group action, the complete bases of equivariant and
 invariant linear maps (Universal Neural Functionals) for any such space, pointwise layers and
-ready-made encoders.
+ready-made encoders. Spaces derived from Equinox models also record each hidden neuron's sign
+or scale symmetry (odd or positively homogeneous activations), for canonical forms and
+augmentation.
 """
 
 from nfn._action import (
@@ -64,7 +66,20 @@ from nfn._pointwise import (
     Pointwise as Pointwise,
 )
 from nfn._spec import LeafSpace as LeafSpace
+from nfn._spec import NeuronSymmetry as NeuronSymmetry
 from nfn._spec import Packed as Packed
 from nfn._spec import WeightSpace as WeightSpace
+from nfn._symmetry import (
+    SymmetryFactors as SymmetryFactors,
+)
+from nfn._symmetry import (
+    apply_symmetry as apply_symmetry,
+)
+from nfn._symmetry import (
+    canonicalize as canonicalize,
+)
+from nfn._symmetry import (
+    sample_symmetry as sample_symmetry,
+)
 
 __version__ = "0.1.0"

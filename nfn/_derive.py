@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nfn._blocks import Residual
-from nfn._spec import Packed, WeightSpace
+from nfn._spec import NeuronSymmetry, Packed, WeightSpace
 
 # Functions applied entry by entry: they commute with any permutation of neurons, so neurons on
 # either side of them can be permuted together. Anything else in a `Lambda` is a barrier.
@@ -37,6 +37,34 @@ _ELEMENTWISE: frozenset[Callable] = frozenset(
         jnp.square,
     }
 )
+
+
+# What each known activation allows beyond permutations (see `nfn.NeuronSymmetry`): "odd" when
+# f(-x) = -f(x), "homogeneous" when f(a x) = a f(x) for a > 0. A hidden neuron's symmetry is
+# what every function applied to it between its layers allows: the intersection of their sets.
+_BOTH = frozenset({"odd", "homogeneous"})
+_KINDS: tuple[tuple[Callable, frozenset[str]], ...] = (
+    (jax.nn.tanh, frozenset({"odd"})),
+    (jnp.tanh, frozenset({"odd"})),
+    (jnp.sin, frozenset({"odd"})),
+    (jax.nn.hard_tanh, frozenset({"odd"})),
+    (jax.nn.relu, frozenset({"homogeneous"})),
+    (jax.nn.leaky_relu, frozenset({"homogeneous"})),
+    (jnp.abs, frozenset({"homogeneous"})),
+)
+
+
+def _activation_kind(fn: Callable) -> frozenset[str]:
+    for known, kind in _KINDS:
+        if fn is known:
+            return kind
+    return frozenset()
+
+
+def _kind_name(kind: frozenset[str]) -> str:
+    if kind == _BOTH:
+        return "linear"
+    return next(iter(kind)) if kind else "none"
 
 
 def _commutes_with_permutations(fn: Callable, width: int) -> bool:
@@ -98,9 +126,21 @@ def _walk(module: Any, builder: "_ChainBuilder", path: str) -> None:
     elif isinstance(module, eqx.nn.Lambda):
         if not any(module.fn is fn for fn in _ELEMENTWISE):
             builder.barrier()
+        else:
+            builder.activation(_activation_kind(module.fn))
     elif isinstance(module, eqx.nn.Identity | eqx.nn.Dropout | eqx.nn.Pool | eqx.nn.AdaptivePool):
-        # Pooling acts on each channel's spatial positions separately.
-        pass
+        # Pooling acts on each channel's spatial positions separately. Identity, dropout and
+        # average pooling are linear in each neuron; max pooling commutes with positive scales.
+        average = (eqx.nn.AvgPool1d, eqx.nn.AvgPool2d, eqx.nn.AvgPool3d)
+        average += (eqx.nn.AdaptiveAvgPool1d, eqx.nn.AdaptiveAvgPool2d, eqx.nn.AdaptiveAvgPool3d)
+        maximum = (eqx.nn.MaxPool1d, eqx.nn.MaxPool2d, eqx.nn.MaxPool3d)
+        maximum += (eqx.nn.AdaptiveMaxPool1d, eqx.nn.AdaptiveMaxPool2d, eqx.nn.AdaptiveMaxPool3d)
+        if isinstance(module, maximum):
+            builder.activation(frozenset({"homogeneous"}))
+        elif isinstance(module, eqx.nn.Pool | eqx.nn.AdaptivePool) and not isinstance(
+            module, average
+        ):
+            builder.activation(frozenset())
     elif isinstance(module, eqx.nn.LayerNorm):
         # Mean and variance over all entries do not change when the leading (neuron or
         # channel) axis is permuted; the elementwise affine parameters follow that axis.
@@ -154,6 +194,8 @@ def _walk_mlp(module: eqx.nn.MLP, builder: "_ChainBuilder", path: str) -> None:
                 builder.neuron_parameter(array, leading=1)
         elif learned or mixing:
             builder.barrier()
+        else:
+            builder.activation(_activation_kind(module.activation))
     if len(module.layers) != 2:
         # Stacked over several hidden layers (fixed above), or over none (depth 0: unused).
         for array in learned:
@@ -193,6 +235,14 @@ class _ChainBuilder:
         self.input_id: int | None = self._boundary()
         self.pending: list[tuple[Any, Callable[[int | None], tuple]]] = []
         self.numbers: dict[int, int] = {}
+        # Activation symmetries: the kinds of the functions applied to the current neurons since
+        # they were produced, each id's kind, each array's axis roles ("incoming": the axis
+        # indexes the neurons a layer produces, "outgoing": the neurons it reads), and the ids
+        # whose neurons do something other than feed forward (residual streams).
+        self.current: frozenset[str] = _BOTH
+        self.kinds: dict[int, frozenset[str]] = {}
+        self.roles: dict[int, tuple[str | None, ...]] = {}
+        self.tainted: set[int] = set()
 
     def _fresh(self) -> int:
         self.next_id += 1
@@ -215,6 +265,7 @@ class _ChainBuilder:
         if a is None or b is None:
             self.fixed_roots.add(self._find(a if b is None else b))
             return
+        self.tainted.update((a, b))
         ra, rb = sorted((self._find(a), self._find(b)))
         if ra != rb:
             self.parent[rb] = ra
@@ -231,18 +282,28 @@ class _ChainBuilder:
         if self.pending:
             self.input_id = self._fresh()
             self._resolve(self.input_id)
+        if self.input_id is not None:
+            self.kinds[self.input_id] = self.kinds.get(self.input_id, _BOTH) & self.current
+        self.current = _BOTH
         return self.input_id
+
+    def activation(self, kind: frozenset[str]) -> None:
+        """An elementwise function of the current neurons, allowing `kind` (see `_KINDS`)."""
+        self.current = self.current & kind
 
     def linear_like(self, weight, bias, *, extra_dims: int, bias_dims: int) -> None:
         in_id = self.close()
         self.pending.append((weight, lambda out: (out, in_id) + (None,) * extra_dims))
+        self.roles[id(weight)] = ("incoming", "outgoing") + (None,) * extra_dims
         if bias is not None:
             self.pending.append((bias, lambda out: (out,) + (None,) * bias_dims))
+            self.roles[id(bias)] = ("incoming",) + (None,) * bias_dims
 
     def embedding(self, weight) -> None:
         # A linear map of a one-hot input stored transposed: (vocabulary, out).
         in_id = self.close()
         self.pending.append((weight, lambda out: (in_id, out)))
+        self.roles[id(weight)] = ("outgoing", "incoming")
 
     def recurrent_cell(self, cell, gates: int) -> None:
         """An LSTM or GRU cell: every gate block of the packed `gates * hidden` axis is
@@ -289,6 +350,10 @@ class _ChainBuilder:
         def axes(out: int | None) -> tuple:
             return (None,) * leading + (out,) + (None,) * trailing
 
+        # A layer norm or a learned activation acts on each neuron in its own way: no sign or
+        # scale symmetry is left.
+        self.current = frozenset()
+
         if self.pending:
             self.pending.append((array, axes))
         else:
@@ -300,6 +365,7 @@ class _ChainBuilder:
     def barrier(self) -> None:
         self._resolve(None)
         self.input_id = None
+        self.current = _BOTH
 
     def residual(self, walk_body: Callable[[], None]) -> None:
         """`x + body(x)`: the body's output neurons are the stream's neurons."""
@@ -327,6 +393,48 @@ class _ChainBuilder:
             else self._final(entry)
             for entry in self.spec[id(array)]
         )
+
+    def symmetries(self, arrays: list[tuple[str, Any]]) -> tuple[NeuronSymmetry, ...]:
+        """One record per final id, from the roles of its axes in `arrays` (path, array)."""
+        kinds: dict[int, frozenset[str]] = {}
+        for pid in self.parent:
+            root = self._find(pid)
+            final = None if root in self.fixed_roots else self.numbers.get(root)
+            if final is not None:
+                kind = self.kinds.get(pid, _BOTH) if pid not in self.tainted else frozenset()
+                kinds[final] = kinds.get(final, _BOTH) & kind
+        sides: dict[int, dict[str, list]] = {g: {"incoming": [], "outgoing": []} for g in kinds}
+        for path, array in arrays:
+            spec = self.spec_of(array)
+            if any(isinstance(entry, Packed) for entry in spec):
+                # Recurrent cells and attention: their neurons get no sign or scale symmetry.
+                for entry in spec:
+                    factors = entry.factors if isinstance(entry, Packed) else [(entry, 0)]
+                    for pid, _ in factors:
+                        if pid is not None:
+                            kinds[pid] = frozenset()
+                continue
+            roles = self.roles.get(id(array))
+            for axis, pid in enumerate(spec):
+                if pid is None:
+                    continue
+                role = None if roles is None else roles[axis]
+                if role is None:
+                    kinds[pid] = frozenset()  # e.g. a layer norm's per-neuron parameters
+                else:
+                    sides[pid][role].append((path, axis))
+        records = []
+        for pid in sorted(kinds):
+            incoming, outgoing = sides[pid]["incoming"], sides[pid]["outgoing"]
+            ids_per_leaf = [path for path, _ in incoming + outgoing]
+            if not incoming or not outgoing or len(set(ids_per_leaf)) < len(ids_per_leaf):
+                kinds[pid] = frozenset()
+            kind = _kind_name(kinds[pid])
+            if kind == "none":
+                records.append(NeuronSymmetry(pid, "none"))
+            else:
+                records.append(NeuronSymmetry(pid, kind, tuple(incoming), tuple(outgoing)))
+        return tuple(records)
 
     def _final(self, pid: int | None) -> int | None:
         if pid is None:
@@ -413,4 +521,5 @@ def weight_space(
                 f"of {type(model).__name__}; {_HOW_TO}"
             )
     spec = jax.tree_util.tree_map(builder.spec_of, params)
-    return WeightSpace.from_spec(params, spec)
+    arrays = [(jax.tree_util.keystr(path), leaf) for path, leaf in leaves_with_path]
+    return WeightSpace.from_spec(params, spec, symmetries=builder.symmetries(arrays))

@@ -3,7 +3,7 @@
 import dataclasses
 import math
 import numbers
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import jax
@@ -51,6 +51,59 @@ class Packed:
 
     def __repr__(self) -> str:
         return f"Packed{self.factors}"
+
+
+SYMMETRY_KINDS = ("odd", "homogeneous", "linear", "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class NeuronSymmetry:
+    """The activation symmetry of one group of hidden neurons (one permutation id).
+
+    Beyond permutations, a hidden neuron `i` of a layer `y = f(W x + b)` read by `z = V y` may
+    be rescaled by a factor `d_i`: its incoming weights and bias (row `i` of `W`, `b[i]`)
+    multiplied by `d_i` and its outgoing weights (column `i` of `V`) by `1 / d_i`. This leaves the
+    network's function unchanged when `f(d x) = d f(x)` for every allowed `d`:
+
+    - `"odd"`: `f` is odd (`tanh`, `sin`, `hard_tanh`): `d = ±1`, sign flips.
+    - `"homogeneous"`: `f` is positively homogeneous (`relu`, `leaky_relu`, `abs`): `d > 0`.
+    - `"linear"`: no activation (or only linear ones such as average pooling): any `d != 0`.
+    - `"none"`: no such symmetry is known (`gelu`, `sigmoid`, a layer norm, a residual stream,
+      recurrent or attention neurons, the network's input and output neurons); the neurons are
+      only permuted.
+
+    [`nfn.weight_space`][] records one per permutation id; for a hand-written spec pass them to
+    [`nfn.WeightSpace.from_spec`][] or [`nfn.WeightSpace.with_symmetries`][].
+
+    **Fields:**
+
+    - `id`: the permutation id of the neurons.
+    - `kind`: one of `"odd"`, `"homogeneous"`, `"linear"`, `"none"`.
+    - `incoming`: `(leaf path, axis)` pairs of the axes holding the neurons' incoming weights and
+      biases (multiplied by `d`). Axes are those of the leaf's unpacked view (`LeafSpace.axes`).
+    - `outgoing`: `(leaf path, axis)` pairs of the axes holding their outgoing weights (multiplied
+      by `1 / d`).
+
+    For a kind other than `"none"`, every axis of the space with permutation id `id` must be
+    listed in exactly one of `incoming` and `outgoing`, both must be non-empty, and no leaf may
+    carry `id` on two axes.
+    """
+
+    id: int
+    kind: str
+    # Any sequence of pairs is accepted; they are stored as tuples (records are hashable).
+    incoming: Sequence[tuple[str, int]] = ()
+    outgoing: Sequence[tuple[str, int]] = ()
+
+    def __post_init__(self):
+        if self.kind not in SYMMETRY_KINDS:
+            raise ValueError(
+                f"NeuronSymmetry for permutation id {self.id}: kind {self.kind!r} is not one of "
+                f"{', '.join(SYMMETRY_KINDS)}"
+            )
+        for name in ("incoming", "outgoing"):
+            pairs = tuple((str(path), int(axis)) for path, axis in getattr(self, name))
+            object.__setattr__(self, name, pairs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,6 +194,7 @@ class WeightSpace:
 
     treedef: Any
     leaves: tuple[LeafSpace, ...]
+    symmetries: tuple[NeuronSymmetry, ...] = ()
 
     def __post_init__(self):
         sizes: dict[int, tuple[int, str, int]] = {}
@@ -166,9 +220,15 @@ class WeightSpace:
                         "sharing an id must have the same size",
                     )
                 sizes.setdefault(pid, (size, leaf.path, axis))
+        _check_symmetries(self.leaves, tuple(self.symmetries), {p: s[0] for p, s in sizes.items()})
+        object.__setattr__(
+            self, "symmetries", tuple(sorted(self.symmetries, key=lambda record: record.id))
+        )
 
     @classmethod
-    def from_spec(cls, params: Any, spec: Any) -> "WeightSpace":
+    def from_spec(
+        cls, params: Any, spec: Any, *, symmetries: tuple[NeuronSymmetry, ...] = ()
+    ) -> "WeightSpace":
         """Describe `params` with `spec`.
 
         **Arguments:**
@@ -177,9 +237,12 @@ class WeightSpace:
           `eqx.filter`).
         - `spec`: a pytree with the structure of `params` whose leaves are tuples: one entry per
           axis of the matching array, an `int` permutation id or `None`.
+        - `symmetries`: optional [`nfn.NeuronSymmetry`][] records (the activation symmetry of
+          hidden neurons), needed by [`nfn.canonicalize`][] and [`nfn.sample_symmetry`][].
 
         **Raises:** `ValueError` naming the leaf (and axis) for a structure mismatch, a non-array
-        leaf, a rank mismatch, a non-int id, or two axes with one id and different sizes.
+        leaf, a rank mismatch, a non-int id, two axes with one id and different sizes, or a
+        symmetry record that does not fit the spec.
         """
         params_leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
         try:
@@ -238,7 +301,23 @@ class WeightSpace:
                     array_shape if packed else None,
                 )
             )
-        return cls(treedef, tuple(leaves))
+        return cls(treedef, tuple(leaves), tuple(symmetries))
+
+    def with_symmetries(self, *symmetries: NeuronSymmetry) -> "WeightSpace":
+        """This space with `symmetries` recorded, replacing any record of the same ids.
+
+        **Raises:** `ValueError` naming the id and leaf when a record does not fit the space.
+        """
+        replaced = {record.id for record in symmetries}
+        kept = tuple(record for record in self.symmetries if record.id not in replaced)
+        return WeightSpace(self.treedef, self.leaves, kept + tuple(symmetries))
+
+    def symmetry(self, pid: int) -> NeuronSymmetry | None:
+        """The recorded activation symmetry of permutation id `pid` (None if none is recorded)."""
+        for record in self.symmetries:
+            if record.id == pid:
+                return record
+        return None
 
     @property
     def num_leaves(self) -> int:
@@ -285,6 +364,9 @@ class WeightSpace:
         lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
         sizes = ", ".join(f"{pid}: {size}" for pid, size in self.sizes.items())
         lines.append(f"permutation sizes: {{{sizes}}}")
+        if self.symmetries:
+            kinds = ", ".join(f"{record.id}: {record.kind}" for record in self.symmetries)
+            lines.append(f"activation symmetries: {{{kinds}}}")
         return "\n".join(lines)
 
     def __repr__(self) -> str:
@@ -299,7 +381,7 @@ class WeightSpace:
         # structure with leaf numbers as leaves) pickles as ordinary objects and flattens back
         # to the same structure, so the space compares equal after a round trip.
         skeleton = jax.tree_util.tree_unflatten(self.treedef, list(range(len(self.leaves))))
-        return (_from_skeleton, (skeleton, self.leaves))
+        return (_from_skeleton, (skeleton, self.leaves, self.symmetries))
 
     def check_transferable_to(self, other: "WeightSpace") -> None:
         """Check that layers built for this space can act on `other`: the same leaves in the same
@@ -396,8 +478,67 @@ def _structure_mismatch(params: Any, spec: Any) -> str:
     return "spec does not have the structure of params; " + "; ".join(details)
 
 
-def _from_skeleton(skeleton: Any, leaves: tuple[LeafSpace, ...]) -> WeightSpace:
-    return WeightSpace(jax.tree_util.tree_structure(skeleton), leaves)
+def _from_skeleton(
+    skeleton: Any, leaves: tuple[LeafSpace, ...], symmetries: tuple = ()
+) -> WeightSpace:
+    return WeightSpace(jax.tree_util.tree_structure(skeleton), leaves, symmetries)
+
+
+def _check_symmetries(
+    leaves: tuple[LeafSpace, ...], symmetries: tuple, sizes: dict[int, int]
+) -> None:
+    """Each record names an id of the space once, and (unless its kind is "none") lists every
+    axis carrying that id exactly once, as incoming or outgoing, with no leaf holding it twice."""
+    by_path = {leaf.path: leaf for leaf in leaves}
+    seen: set[int] = set()
+    for record in symmetries:
+        if not isinstance(record, NeuronSymmetry):
+            raise ValueError(f"symmetries must be nfn.NeuronSymmetry records, got {record!r}")
+        pid = record.id
+        where = f"symmetry of permutation id {pid}"
+        if pid not in sizes:
+            raise ValueError(f"{where}: the weight space has no such id (ids {sorted(sizes)})")
+        if pid in seen:
+            raise ValueError(f"{where}: recorded twice")
+        seen.add(pid)
+        listed: dict[tuple[str, int], str] = {}
+        for role in ("incoming", "outgoing"):
+            for path, axis in getattr(record, role):
+                leaf = by_path.get(path)
+                if leaf is None:
+                    raise ValueError(f"{where}: {role} names leaf {path}, which the space lacks")
+                if not 0 <= axis < len(leaf.axes) or leaf.axes[axis] != pid:
+                    raise _leaf_error(
+                        path,
+                        f"{where} lists axis {axis} as {role}, but the leaf's axes are {leaf.axes}",
+                    )
+                if (path, axis) in listed:
+                    raise _leaf_error(
+                        path, f"{where} lists axis {axis} twice ({listed[(path, axis)]}, {role})"
+                    )
+                listed[(path, axis)] = role
+        if record.kind == "none":
+            continue
+        if not record.incoming or not record.outgoing:
+            raise ValueError(
+                f"{where}: kind {record.kind!r} needs incoming and outgoing axes (neurons with "
+                "only one side are input or output neurons: record them as 'none')"
+            )
+        for leaf in leaves:
+            positions = [axis for axis, a in enumerate(leaf.axes) if a == pid]
+            if len(positions) > 1:
+                raise _leaf_error(
+                    leaf.path,
+                    f"{where}: axes {positions} all carry the id; a {record.kind!r} symmetry "
+                    "needs each leaf to carry it at most once (record it as 'none')",
+                )
+            for axis in positions:
+                if (leaf.path, axis) not in listed:
+                    raise _leaf_error(
+                        leaf.path,
+                        f"axis {axis} carries permutation id {pid} but its {record.kind!r} "
+                        "symmetry lists it as neither incoming nor outgoing",
+                    )
 
 
 def _child_names(node_type: type, data: Any, count: int) -> list[str]:

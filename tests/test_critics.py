@@ -114,3 +114,45 @@ def test_unknown_critic_and_option_are_named():
         nfn_rl.make_critic("nope", POLICY, key=jax.random.key(0))
     with pytest.raises(ValueError, match="probing_states"):
         nfn_rl.make_critic("flat", POLICY, key=jax.random.key(0), probing_states=3)
+
+
+def _sign_flipped_and_permuted(key, permute: bool):
+    """POLICY with random hidden sign flips, then a random hidden permutation (same function)."""
+    space = nfn.weight_space(POLICY)
+    flip_key, perm_key = jax.random.split(key)
+    params = eqx.filter(POLICY, eqx.is_array)
+    params = nfn.apply_symmetry(space, params, nfn.sample_symmetry(space, key=flip_key))
+    if not permute:
+        return params
+    return nfn.permute(space, params, nfn.sample_permutation(space, key=perm_key))
+
+
+@pytest.mark.parametrize("name", ["unf", "unf+params"])
+def test_canonicalizing_unf_critic_is_invariant_to_sign_flips_and_permutations(name):
+    """unf: to both; unf+params (which reads the flat parameters too): to the sign flips."""
+    assert {r.kind for r in nfn.weight_space(POLICY).symmetries} == {"odd"}
+    permute = name == "unf"
+    keys = [jax.random.key(20 + k) for k in range(4)]
+    policies = nfn.stack([_sign_flipped_and_permuted(k, permute) for k in keys])
+    obs = jax.random.normal(jax.random.key(2), (16, ENV.observation_size))
+    for k in range(4):
+        policy = eqx.combine(jax.tree.map(lambda x, k=k: x[k], policies), POLICY)
+        np.testing.assert_allclose(jax.vmap(policy)(obs), jax.vmap(POLICY)(obs), atol=1e-5)
+    options = dict(key=jax.random.key(1), width=16, depth=2, **SMALL["unf"])
+    canonical = nfn_rl.make_critic(name, POLICY, canonicalize=True, **options)
+    values = _values(canonical, policies)
+    assert float(jnp.max(jnp.abs(values - values[0]))) <= 1e-5 * (1.0 + float(jnp.abs(values[0])))
+    if name == "unf":
+        # Plain unf sees the flips (it is invariant to the permutations only).
+        plain = _values(nfn_rl.make_critic(name, POLICY, **options), policies)
+        assert float(jnp.max(jnp.abs(plain - plain[0]))) > 1e-3 * (1.0 + float(jnp.abs(plain[0])))
+    # The policy still gets a gradient through the canonical form.
+    grads = eqx.filter_grad(lambda p: canonical(p))(POLICY)
+    norms = [float(jnp.linalg.norm(g)) for g in jax.tree.leaves(grads)]
+    assert all(np.isfinite(norms)) and min(norms) > 0
+
+
+def test_canonicalize_option_is_for_unf_critics_only():
+    with pytest.raises(ValueError, match="EPVFConfig.canonicalize.*'flat'"):
+        nfn_rl.EPVFConfig(critic="flat", canonicalize=True)
+    assert nfn_rl.EPVFConfig(critic="unf", canonicalize=True).canonicalize

@@ -6,9 +6,13 @@ import re
 import pytest
 
 DOCS = pathlib.Path(__file__).resolve().parents[1] / "docs"
-PAGES = ["index.md", "getting-started.md", "performance.md", "guide/specs.md"] + [
-    f"api/{name}" for name in ("action.md", "layers.md", "models.md", "weight-space.md")
-]
+PAGES = [
+    "index.md",
+    "getting-started.md",
+    "performance.md",
+    "guide/specs.md",
+    "guide/symmetries.md",
+] + [f"api/{name}" for name in ("action.md", "layers.md", "models.md", "weight-space.md")]
 
 
 @pytest.mark.parametrize("page", PAGES)

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from nfn._derive import weight_space
-from nfn._spec import WeightSpace
+from nfn._spec import NeuronSymmetry, WeightSpace
 
 Activation = Literal["relu", "tanh"]
 ACTIVATIONS: tuple[str, ...] = ("relu", "tanh")
@@ -110,10 +110,36 @@ def _describe(model: ZooCNN) -> eqx.nn.Sequential:
     )
 
 
-def cnn_space(model: ZooCNN, *, io: Literal["fixed", "permuted"] = "fixed") -> WeightSpace:
+def cnn_space(
+    model: ZooCNN,
+    *,
+    io: Literal["fixed", "permuted"] = "fixed",
+    activation: Activation | None = None,
+) -> WeightSpace:
     """The weight space of a [`nfn.zoo.ZooCNN`][] (`eqx.filter(model, eqx.is_array)`).
 
     `io="fixed"` (the true symmetry, "HNP"): the 8 channels of each conv are permuted, the
     input channel and the 10 classes are fixed. `io="permuted"` ("NP") also permutes them.
+
+    The activation is not part of a `ZooCNN`, so the space records the hidden channels' sign or
+    scale symmetry ([`nfn.NeuronSymmetry`][]) only when `activation` is given: `"relu"`
+    (positively homogeneous) or `"tanh"` (odd); with `None` (default) they are `"none"`.
     """
-    return weight_space(model, io=io, hooks={ZooCNN: _describe})
+    space = weight_space(model, io=io, hooks={ZooCNN: _describe})
+    return with_activation_symmetry(space, activation)
+
+
+def with_activation_symmetry(space: WeightSpace, activation: str | None) -> WeightSpace:
+    """`space` (derived with relu standing in for the activation) with the symmetry records of
+    its hidden channels set for `activation` ("relu", "tanh" or None: unknown)."""
+    if activation not in (*ACTIVATIONS, None):
+        raise ValueError(f"activation must be one of {ACTIVATIONS} or None, got {activation!r}")
+    kind = {"relu": "homogeneous", "tanh": "odd", None: "none"}[activation]
+    records = [
+        NeuronSymmetry(r.id, "none")
+        if kind == "none"
+        else NeuronSymmetry(r.id, kind, r.incoming, r.outgoing)
+        for r in space.symmetries
+        if r.kind != "none"
+    ]
+    return space.with_symmetries(*records)

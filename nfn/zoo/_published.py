@@ -42,6 +42,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from nfn._derive import weight_space
 from nfn._spec import WeightSpace
+from nfn.zoo._cnn import with_activation_symmetry
 from nfn.zoo._format import ZooFormatError
 
 
@@ -86,9 +87,14 @@ def _describe_pooled(model: PooledCNN) -> eqx.nn.Sequential:
     return eqx.nn.Sequential([*layers, eqx.nn.AdaptiveAvgPool2d(1), model.head])
 
 
-def pooled_cnn_space(model: PooledCNN, *, io: str = "fixed") -> WeightSpace:
-    """The weight space of a [`nfn.zoo.PooledCNN`][]."""
-    return weight_space(model, io=io, hooks={PooledCNN: _describe_pooled})
+def pooled_cnn_space(
+    model: PooledCNN, *, io: str = "fixed", activation: str | None = None
+) -> WeightSpace:
+    """The weight space of a [`nfn.zoo.PooledCNN`][]. As for [`nfn.zoo.cnn_space`][], the
+    hidden channels' sign or scale symmetry is recorded only for a given `activation`
+    (`"relu"` or `"tanh"`)."""
+    space = weight_space(model, io=io, hooks={PooledCNN: _describe_pooled})
+    return with_activation_symmetry(space, activation)
 
 
 def _read_csv(path: str) -> list[dict[str, str]]:

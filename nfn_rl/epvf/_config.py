@@ -3,7 +3,7 @@
 import dataclasses
 from typing import ClassVar
 
-from nfn_rl.epvf._critics import critic_names
+from nfn_rl.epvf._critics import critic_names, critic_options
 from nfn_rl.epvf._perturb import NOISES
 from nfn_rl.run._config import (
     TrainConfig,
@@ -71,6 +71,9 @@ class EPVFConfig(TrainConfig):
         unf_depth: equivariant layers of the UNF critics' encoder.
         unf_features: invariant features the UNF critics' encoder outputs.
         unf_layer_norm: a channel layer norm after the UNF critics' equivariant layer.
+        canonicalize: the UNF critics read `nfn.canonicalize`d policies (each hidden tanh
+            neuron's sign fixed), so they are invariant to sign flips as well as to
+            permutations of hidden neurons. UNF critics only.
         backend: how the Ant's episodes are simulated: "mjx" (jitted MJX, for accelerators),
             "native" (MuJoCo's C engine on the host's threads, `nfn_rl.envs.NativeAnt`), or
             "auto": native when JAX runs on one CPU device, MJX otherwise. Other environments
@@ -110,6 +113,7 @@ class EPVFConfig(TrainConfig):
     unf_depth: int = 1
     unf_features: int = 64
     unf_layer_norm: bool = True
+    canonicalize: bool = False
     backend: str = "auto"
 
     def __post_init__(self):
@@ -144,6 +148,13 @@ class EPVFConfig(TrainConfig):
         check_bool(owner, "multiple_policies", self.multiple_policies)
         check_bool(owner, "unf_layer_norm", self.unf_layer_norm)
         check_bool(owner, "standardize_returns", self.standardize_returns)
+        check_bool(owner, "canonicalize", self.canonicalize)
+        if self.canonicalize and "canonicalize" not in critic_options(self.critic):
+            fail(
+                owner,
+                "canonicalize",
+                f"applies to critics that take it (unf, unf+params), not {self.critic!r}",
+            )
         if self.batch_size > self.buffer_size:
             fail(owner, "batch_size", f"must be <= buffer_size={self.buffer_size}")
         pairs = self.iterations * self.num_envs

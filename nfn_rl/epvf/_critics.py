@@ -108,11 +108,18 @@ class UNFCritic(Critic):
     preset's shape: 1.06 s with it, 0.38 s without). With `with_params=True` ("unf+params") the
     encoder's invariant features are concatenated with the flat parameters before the MLP head,
     giving up that invariance for direct access to every weight.
+
+    With `canonicalize=True` the critic reads `nfn.canonicalize(space, params)` instead of the
+    parameters (also for `with_params`): each hidden neuron's sign (tanh policies) or scale
+    (ReLU policies) is fixed first, so the critic is also invariant to those symmetries, e.g.
+    the 2^(2 * 64) sign flips of a tanh policy with two hidden layers of 64. Gradients with
+    respect to the policy still flow (the sign choices are constants, see `nfn.canonicalize`).
     """
 
     encoder: nfn.InvariantEncoder
     head: eqx.nn.MLP
     with_params: bool = eqx.field(static=True)
+    canonical_space: nfn.WeightSpace | None = eqx.field(static=True)
 
     def __init__(
         self,
@@ -125,11 +132,14 @@ class UNFCritic(Critic):
         unf_depth: int = 1,
         unf_features: int = 64,
         unf_layer_norm: bool = True,
+        canonicalize: bool = False,
         with_params: bool = False,
     ):
         encoder_key, head_key = jax.random.split(key)
+        space = nfn.weight_space(policy)
+        self.canonical_space = space if canonicalize else None
         self.encoder = nfn.InvariantEncoder(
-            nfn.weight_space(policy),
+            space,
             unf_features,
             hidden_channels=unf_channels,
             depth=unf_depth,
@@ -144,9 +154,11 @@ class UNFCritic(Critic):
 
     def __call__(self, policy: eqx.Module) -> Float[Array, ""]:
         params = eqx.filter(policy, eqx.is_array)
+        if self.canonical_space is not None:
+            params = nfn.canonicalize(self.canonical_space, params)
         features = jax.nn.relu(self.encoder(nfn.to_features(params)))
         if self.with_params:
-            features = jnp.concatenate([features, flat_params(policy)])
+            features = jnp.concatenate([features, ravel_pytree(params)[0]])
         return self.head(features)
 
 
@@ -181,6 +193,7 @@ def unf_plus_params(
     unf_depth: int = 1,
     unf_features: int = 64,
     unf_layer_norm: bool = True,
+    canonicalize: bool = False,
 ) -> Critic:
     """The "unf+params" critic: UNF invariant features concatenated with the flat parameters."""
     return UNFCritic(
@@ -192,6 +205,7 @@ def unf_plus_params(
         unf_depth=unf_depth,
         unf_features=unf_features,
         unf_layer_norm=unf_layer_norm,
+        canonicalize=canonicalize,
         with_params=True,
     )
 
@@ -211,8 +225,8 @@ _CRITICS: dict[str, CriticFactory] = {
 def register_critic(name: str, factory: CriticFactory) -> None:
     """Make `make_critic(name, policy, ...)` call `factory(policy, *, width, depth, key,
     **options)`. Its keyword-only options named like `EPVFConfig` fields (`probing_states`,
-    `unf_channels`, `unf_depth`, `unf_features`, `unf_layer_norm`) get the config's values in
-    training, and
+    `unf_channels`, `unf_depth`, `unf_features`, `unf_layer_norm`, `canonicalize`) get the
+    config's values in training, and
     `observation_stats` gets the environment's observation mean and std."""
     if name in _CRITICS:
         raise ValueError(f"critic {name!r} is already registered")
@@ -257,7 +271,8 @@ def make_critic(
     - `key`: PRNG key of the initialisation.
     - `width`, `depth`: the hidden layers of the critic's MLP (`eqx.nn.MLP`).
     - `options`: critic-specific options, e.g. `probing_states` and `observation_stats`
-      (probing critics) or `unf_channels`, `unf_depth`, `unf_features` (UNF critics).
+      (probing critics) or `unf_channels`, `unf_depth`, `unf_features`, `unf_layer_norm`,
+      `canonicalize` (UNF critics).
     """
     if name not in _CRITICS:
         raise ValueError(f"unknown critic {name!r}; known: {', '.join(critic_names())}")

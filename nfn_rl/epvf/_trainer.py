@@ -39,6 +39,7 @@ CRITIC_OPTION_FIELDS = (
     "unf_depth",
     "unf_features",
     "unf_layer_norm",
+    "canonicalize",
 )
 
 # The one mesh axis: the environments (perturbed policies) of an iteration and the critic batch
