@@ -44,12 +44,16 @@ class Args:
     envs: perturbations per cloud (the critic's sample size).
     scales: noise scales s of U(-s|w|, s|w|).
     ridge: ridge strengths tried (the best held-out correlation is reported).
+    policy_width: hidden width of the initial policies (default: the `cpu` preset's).
+    policy_depth: hidden layers of the initial policies (default: the `cpu` preset's).
     """
 
     run: Path | None = None
     envs: int = 2048
     scales: tuple[float, ...] = (0.1, 0.3, 1.0)
     ridge: tuple[float, ...] = (1e2, 1e3, 1e4)
+    policy_width: int | None = None
+    policy_depth: int | None = None
 
 
 def _cloud(native, policy, num, scale, key):
@@ -92,10 +96,14 @@ def measure(name, env, policy, args) -> dict[float, float]:
     return correlations
 
 
-def _initial_policy(env):
-    config = nfn_rl.ant_config(
-        "cpu", env="ant" if env.variant == "position" else "ant-torque", horizon=env.horizon
-    )
+def _initial_policy(env, args):
+    sizes = {
+        name: value
+        for name in ("policy_width", "policy_depth")
+        if (value := getattr(args, name)) is not None
+    }
+    env_name = "ant" if env.variant == "position" else "ant-torque"
+    config = nfn_rl.ant_config("cpu", env=env_name, horizon=env.horizon, **sizes)
     trainer = nfn_rl.make_trainer(config)
     return trainer.policy(trainer.init(jax.random.key(0)))
 
@@ -113,7 +121,7 @@ def main(args: Args) -> None:
     last = None
     for variant, horizon in (("torque", 200), ("position", 100)):
         env = Ant(variant, horizon=horizon)
-        found = measure(f"initial, {variant} h{horizon}", env, _initial_policy(env), args)
+        found = measure(f"initial, {variant} h{horizon}", env, _initial_policy(env, args), args)
         if variant == "torque":
             last = ("initial torque policy", found)
     if args.run is not None:
