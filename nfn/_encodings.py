@@ -1,7 +1,6 @@
 """Input encodings: positions of the fixed (input/output) neurons, Fourier features of values."""
 
 import math
-from typing import Literal
 
 import equinox as eqx
 import jax
@@ -60,7 +59,7 @@ class PositionalEncoding(eqx.Module):
         space: WeightSpace,
         size: int,
         *,
-        kind: Literal["sinusoidal", "learned"] = "sinusoidal",
+        kind: str = "sinusoidal",
         max_period: float = 10_000.0,
         dtype=None,
         key: PRNGKeyArray | None = None,
