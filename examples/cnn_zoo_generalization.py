@@ -1,5 +1,5 @@
 """Predict each CNN's test accuracy from its weights: `python examples/cnn_zoo_generalization.py
-[--zoo zoo/cnn_zoo.npz] [--quick] [--seeds 3] [--figure PNG]`.
+[--zoo zoo/cnn_zoo.npz] [--quick] [--attention] [--seeds 3] [--figure PNG]`.
 
 Five models read the weights (see `_weight_tasks.MODELS`): a flat MLP, the same with
 permutation augmentation, the statistics baseline, and UNF encoders with all neurons permuted
@@ -7,7 +7,9 @@ permutation augmentation, the statistics baseline, and UNF encoders with all neu
 vmapped program on 80% of the zoo (a fixed split) and is scored on the other 20% by Kendall's
 tau and R^2. Without `--zoo` the zoo file is generated first (`examples/make_cnn_zoo.py`);
 `--quick` uses a small fresh zoo and short training instead (a smoke test, not a result). The
-last line is `best: <model> <metric> <value>; flat MLP <value>`.
+last line is `best: <model> <metric> <value>; flat MLP <value>`. `--attention` trains the two UNF
+encoders without and with `nfn.EquivariantAttention` blocks instead (`_weight_tasks.
+ATTENTION_MODELS`); its last line ends `; best without attention <value>`.
 """
 
 import argparse
@@ -26,6 +28,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--zoo", type=Path, default=Path("zoo/cnn_zoo.npz"))
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--attention",
+        action="store_true",
+        help="compare the UNF encoders without and with attention (other models skipped)",
+    )
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--figure", type=Path, default=None)
@@ -65,7 +72,8 @@ def main() -> None:
     seeds = list(range(args.seeds))
     taus, r2s, predictions = [], [], {}
     print(f"zoo: {n} CNNs ({cut} train / {n - cut} test); epochs {config.epochs}", flush=True)
-    for kind in tasks.MODELS:
+    kinds = tasks.ATTENTION_MODELS if args.attention else tasks.MODELS
+    for kind in kinds:
         t0 = time.perf_counter()
         train = tasks.make_train(kind, hnp, np_space, "scalar", mse, cut, config)
         keys = jnp.stack([jax.random.key(s) for s in seeds])
@@ -84,7 +92,11 @@ def main() -> None:
         _figure(args.figure, predictions, y_test)
     means = {kind: np.mean(values) for kind, values in taus}
     best = max(means, key=means.get)
-    print(f"best: {best} tau {means[best]:.3f}; flat MLP {means['flat MLP']:.3f}")
+    if args.attention:
+        plain = max(v for kind, v in means.items() if "attention" not in kind)
+        print(f"best: {best} tau {means[best]:.3f}; best without attention {plain:.3f}")
+    else:
+        print(f"best: {best} tau {means[best]:.3f}; flat MLP {means['flat MLP']:.3f}")
 
 
 def _figure(path: Path, predictions: dict[str, np.ndarray], target: np.ndarray) -> None:
