@@ -57,6 +57,16 @@ def _write_partition(leaf: LeafSpace, piece: Piece) -> Partition:
     return tuple(sorted(blocks))
 
 
+def _parameters(layer: "EquivariantAttention") -> tuple:
+    return (
+        layer.read_weights,
+        layer.query_weights,
+        layer.key_weights,
+        layer.value_weights,
+        layer.write_weights,
+    )
+
+
 class EquivariantAttention(eqx.Module):
     """Multi-head self-attention over the neurons of each permutation id, for any weight space.
 
@@ -171,14 +181,7 @@ class EquivariantAttention(eqx.Module):
             dtype=self.write_weights[0].dtype if self.write_weights else None,
             key=jax.random.key(0),
         )
-        params = lambda m: (  # noqa: E731
-            m.read_weights,
-            m.query_weights,
-            m.key_weights,
-            m.value_weights,
-            m.write_weights,
-        )
-        return eqx.tree_at(params, shell, params(self))
+        return eqx.tree_at(_parameters, shell, _parameters(self))
 
     @property
     def model_size(self) -> int:
