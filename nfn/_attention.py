@@ -196,7 +196,7 @@ class EquivariantAttention(eqx.Module):
             )
         return [fold(leaf, x) for leaf, x in zip(self.space, leaves)]
 
-    def tokens(self, features: PyTree[Float[Array, "..."]]) -> dict[int, Float[Array, "n width"]]:
+    def tokens(self, features: PyTree[Float[Array, "..."]]) -> dict[int, Array]:
         """The tokens before projection: for each id, one row per neuron (pieces concatenated
         in the order of `pieces`)."""
         return self._tokens(self._fold(features))

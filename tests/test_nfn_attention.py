@@ -254,3 +254,13 @@ def test_attention_moves_to_other_widths():
 
 
 KEY = jax.random.key(7)
+
+
+def test_tokens_by_hand():
+    """Tokens of a tie (h, h) and a bias: row means, column means, the diagonal, the bias."""
+    space = space_of({"b": (0,), "h": (0, 0)}, {0: 3}, dtype=np.float32)
+    layer = nfn.EquivariantAttention(space, 1, 1, key=jax.random.key(0))
+    x = features_of(space, 1, seed=0, dtype=np.float32)
+    h, b = np.asarray(x["h"][..., 0]), np.asarray(x["b"][..., 0])
+    expected = np.stack([b, h.mean(1), h.mean(0), np.diag(h)], axis=1)
+    np.testing.assert_allclose(layer.tokens(x)[0], expected, rtol=1e-6, atol=1e-6)
