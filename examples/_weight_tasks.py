@@ -57,6 +57,16 @@ class Symmetries:
         )
 
 
+# `--attention` in the examples: the UNF encoders without and with a residual
+# `nfn.EquivariantAttention` block after each equivariant layer (2 heads of channels / 2).
+ATTENTION_MODELS: tuple[str, ...] = (
+    "UNF NP",
+    "UNF NP + attention",
+    "UNF HNP",
+    "UNF HNP + attention",
+)
+
+
 def leaf_scales(params: PyTree[Array]) -> list[Array]:
     """One standard deviation per leaf over a stack of training networks: dividing every leaf
     by its own scalar keeps the permutation symmetry (a per-entry standardisation would not)."""
@@ -94,8 +104,9 @@ class WeightModel(eqx.Module):
         elif kind == "statistics":
             size = nfn.StatisticsFeaturizer(hnp).statistics_per_leaf * hnp.num_leaves
             self.body = eqx.nn.MLP(size, out_size, width, 2, key=key)
-        elif kind in ("UNF NP", "UNF HNP"):
-            space = np_space if kind == "UNF NP" else hnp
+        elif kind in ATTENTION_MODELS:
+            space = np_space if kind.startswith("UNF NP") else hnp
+            attention = kind.endswith("+ attention")
             # No layer norm: the weights' scale (init scale, weight decay) is informative.
             self.body = nfn.InvariantEncoder(
                 space,
@@ -105,10 +116,12 @@ class WeightModel(eqx.Module):
                 invariant_features=width,
                 head_sizes=(width,),
                 norm=None,
+                attention_heads=2 if attention else 0,
+                attention_head_size=max(channels // 2, 1),
                 key=key,
             )
         else:
-            raise ValueError(f"unknown model {kind!r}; one of {MODELS}")
+            raise ValueError(f"unknown model {kind!r}; one of {MODELS + ATTENTION_MODELS}")
 
     def __call__(self, params: PyTree[Array]) -> Float[Array, "..."]:
         if self.kind.startswith("flat"):

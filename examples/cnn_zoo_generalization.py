@@ -1,5 +1,5 @@
 """Predict each CNN's test accuracy from its weights: `python examples/cnn_zoo_generalization.py
-[--zoo zoo/cnn_zoo.npz] [--quick] [--seeds 3] [--figure PNG]`.
+[--zoo zoo/cnn_zoo.npz] [--quick] [--attention] [--seeds 3] [--figure PNG]`.
 
 Five models read the weights (see `_weight_tasks.MODELS`): a flat MLP, the same with
 permutation augmentation, the statistics baseline, and UNF encoders with all neurons permuted
@@ -10,7 +10,9 @@ tau and R^2. Without `--zoo` the zoo file is generated first (`examples/make_cnn
 last line is `best: <model> <metric> <value>; flat MLP <value>`. `--symmetry` trains
 `_weight_tasks.SYMMETRY_MODELS` instead: UNF HNP on the weights as they are, on canonicalised
 weights (`nfn.canonicalize`, each CNN under its own activation's symmetry: relu scales or tanh
-signs) and with random sign/scale symmetries as augmentation.
+signs) and with random sign/scale symmetries as augmentation. `--attention` trains the two UNF
+encoders without and with `nfn.EquivariantAttention` blocks instead (`_weight_tasks.
+ATTENTION_MODELS`); its last line ends `; best without attention <value>`.
 """
 
 import argparse
@@ -29,11 +31,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--zoo", type=Path, default=Path("zoo/cnn_zoo.npz"))
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--attention",
+        action="store_true",
+        help="compare the UNF encoders without and with attention (other models skipped)",
+    )
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--figure", type=Path, default=None)
-    parser.add_argument("--symmetry", action="store_true")
+    parser.add_argument(
+        "--symmetry",
+        action="store_true",
+        help="compare UNF HNP plain, on canonicalised weights and with sign/scale augmentation",
+    )
     args = parser.parse_args()
+    if args.attention and args.symmetry:
+        parser.error("--attention and --symmetry are two different comparisons: pass one")
     start = time.perf_counter()
     if args.quick:
         zoo = nfn.zoo.generate_cnn_zoo(nfn.zoo.ZooConfig(num_networks=128, max_epochs=2))
@@ -58,6 +71,8 @@ def main() -> None:
     x_train = jax.tree.map(lambda x: x[train_idx], zoo.params)
     x_test = jax.tree.map(lambda x: x[test_idx], zoo.params)
     models, symmetries, canonical = tasks.MODELS, None, None
+    if args.attention:
+        models = tasks.ATTENTION_MODELS
     if args.symmetry:
         models = tasks.SYMMETRY_MODELS
         template = zoo.template()
@@ -105,8 +120,12 @@ def main() -> None:
         _figure(args.figure, predictions, y_test)
     means = {kind: np.mean(values) for kind, values in taus}
     best = max(means, key=means.get)
-    reference = "UNF HNP" if args.symmetry else "flat MLP"
-    print(f"best: {best} tau {means[best]:.3f}; {reference} {means[reference]:.3f}")
+    if args.attention:
+        plain = max(v for kind, v in means.items() if "attention" not in kind)
+        print(f"best: {best} tau {means[best]:.3f}; best without attention {plain:.3f}")
+    else:
+        reference = "UNF HNP" if args.symmetry else "flat MLP"
+        print(f"best: {best} tau {means[best]:.3f}; {reference} {means[reference]:.3f}")
 
 
 def _figure(path: Path, predictions: dict[str, np.ndarray], target: np.ndarray) -> None:

@@ -26,8 +26,12 @@ from nfn._action import (
 from nfn._action import (
     sample_permutation as sample_permutation,
 )
+from nfn._attention import EquivariantAttention as EquivariantAttention
 from nfn._blocks import Residual as Residual
 from nfn._derive import weight_space as weight_space
+from nfn._encodings import FourierFeatures as FourierFeatures
+from nfn._encodings import PositionalEncoding as PositionalEncoding
+from nfn._encodings import sinusoidal_table as sinusoidal_table
 from nfn._equivariant import (
     EquivariantLinear as EquivariantLinear,
 )

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
+from nfn._attention import EquivariantAttention
 from nfn._equivariant import EquivariantLinear
 from nfn._invariant import InvariantLinear
 from nfn._pointwise import ChannelLayerNorm, FeatureDropout
@@ -29,6 +30,20 @@ def _check_dropout(dropout: float) -> None:
         raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
 
 
+def _attentions(
+    space: WeightSpace, channels: int, count: int, heads: int, head_size: int | None, key
+) -> tuple[EquivariantAttention, ...] | None:
+    if isinstance(heads, bool) or not isinstance(heads, int) or heads < 0:
+        raise ValueError(f"attention_heads must be an int >= 0, got {heads!r}")
+    if heads == 0 or count == 0:
+        return None
+    size = channels if head_size is None else head_size
+    return tuple(
+        EquivariantAttention(space, channels, channels, heads=heads, head_size=size, key=k)
+        for k in jax.random.split(key, count)
+    )
+
+
 def _dropout_keys(
     dropout: float, inference: bool, key: PRNGKeyArray | None, count: int
 ) -> list[PRNGKeyArray | None]:
@@ -42,24 +57,32 @@ def _dropout_keys(
     return list(jax.random.split(key, count))
 
 
-def _hidden_block(layer, norm, activation, dropout: float, features, key):
-    """`layer -> (norm) -> activation -> (dropout, when a key is given)`."""
+def _hidden_block(layer, norm, activation, dropout: float, features, key, attention=None):
+    """`layer -> (norm) -> activation -> (dropout, when a key is given) -> (x + attention(x))`."""
     features = layer(features)
     if norm is not None:
         features = norm(features)
     features = jax.tree_util.tree_map(activation, features)
     if key is not None:
         features = FeatureDropout(dropout)(features, key=key)
+    if attention is not None:
+        features = jax.tree_util.tree_map(jnp.add, features, attention(features))
     return features
+
+
+def _with_space(layers, space: WeightSpace):
+    return None if layers is None else tuple(layer.with_space(space) for layer in layers)
 
 
 class EquivariantNetwork(eqx.Module):
     """A stack of equivariant layers: `[EquivariantLinear -> (ChannelLayerNorm) -> act ->
-    (dropout)] x (depth - 1) -> EquivariantLinear`. Maps features to features of the same space.
+    (dropout) -> (x + EquivariantAttention(x))] x (depth - 1) -> EquivariantLinear`. Maps
+    features to features of the same space.
     """
 
     layers: tuple[EquivariantLinear, ...]
     norms: tuple[ChannelLayerNorm, ...] | None
+    attentions: tuple[EquivariantAttention, ...] | None
     activation: Callable[[Array], Array]
     dropout: float = eqx.field(static=True)
     inference: bool = eqx.field(static=True)
@@ -76,6 +99,8 @@ class EquivariantNetwork(eqx.Module):
         norm: Norm = "layer",
         dropout: float = 0.0,
         inference: bool = False,
+        attention_heads: int = 0,
+        attention_head_size: int | None = None,
         key: PRNGKeyArray,
     ):
         """**Arguments:**
@@ -91,18 +116,26 @@ class EquivariantNetwork(eqx.Module):
           are zero). `None` keeps that scale.
         - `dropout`: probability of [`nfn.FeatureDropout`][] after every hidden activation.
         - `inference`: the default of the call's `inference` flag (no dropout when true).
+        - `attention_heads`: `0` (default) for none; otherwise every hidden block ends with a
+          residual [`nfn.EquivariantAttention`][] of this many heads (`x + attention(x)`).
+        - `attention_head_size`: width of each head (default `hidden_channels`).
         - `key`: PRNG key for the initialisation.
         """
         if not isinstance(depth, int) or depth < 1:
             raise ValueError(f"depth must be an int >= 1, got {depth!r}")
         _check_dropout(dropout)
         channels = [in_channels] + [hidden_channels] * (depth - 1) + [out_channels]
+        # Without attention the initialisation is the same as before attention existed.
+        key, attention_key = jax.random.split(key) if attention_heads else (key, None)
         keys = jax.random.split(key, depth)
         self.layers = tuple(
             EquivariantLinear(space, c_in, c_out, key=k)
             for c_in, c_out, k in zip(channels[:-1], channels[1:], keys)
         )
         self.norms = _norms(space, hidden_channels, depth - 1, norm)
+        self.attentions = _attentions(
+            space, hidden_channels, depth - 1, attention_heads, attention_head_size, attention_key
+        )
         self.activation = activation
         self.dropout, self.inference = dropout, inference
 
@@ -119,8 +152,9 @@ class EquivariantNetwork(eqx.Module):
         keys = _dropout_keys(self.dropout, inference, key, len(hidden))
         for k, (layer, dropout_key) in enumerate(zip(hidden, keys)):
             norm = None if self.norms is None else self.norms[k]
+            attention = None if self.attentions is None else self.attentions[k]
             features = _hidden_block(
-                layer, norm, self.activation, self.dropout, features, dropout_key
+                layer, norm, self.activation, self.dropout, features, dropout_key, attention
             )
         return self.layers[-1](features)
 
@@ -128,22 +162,27 @@ class EquivariantNetwork(eqx.Module):
         """This network, with the same parameters, on a space of other hidden widths (see
         [`nfn.EquivariantLinear.with_space`][])."""
         layers = tuple(layer.with_space(space) for layer in self.layers)
-        norms = None if self.norms is None else tuple(n.with_space(space) for n in self.norms)
+        norms = _with_space(self.norms, space)
+        attentions = _with_space(self.attentions, space)
         return eqx.tree_at(
-            lambda m: (m.layers, m.norms), self, (layers, norms), is_leaf=lambda x: x is None
+            lambda m: (m.layers, m.norms, m.attentions),
+            self,
+            (layers, norms, attentions),
+            is_leaf=lambda x: x is None,
         )
 
 
 class InvariantEncoder(eqx.Module):
     """A permutation-invariant encoder of one network: `[EquivariantLinear ->
-    (ChannelLayerNorm) -> act -> (dropout)] x depth -> InvariantLinear -> act -> (dropout) ->
-    MLP head`.
+    (ChannelLayerNorm) -> act -> (dropout) -> (x + EquivariantAttention(x))] x depth ->
+    InvariantLinear -> act -> (dropout) -> MLP head`.
 
     With `depth=0` it is `InvariantLinear -> act -> MLP head` on the input features directly.
     """
 
     equivariant: tuple[EquivariantLinear, ...]
     norms: tuple[ChannelLayerNorm, ...] | None
+    attentions: tuple[EquivariantAttention, ...] | None
     invariant: InvariantLinear
     head: tuple[eqx.nn.Linear, ...]
     activation: Callable[[Array], Array]
@@ -164,6 +203,8 @@ class InvariantEncoder(eqx.Module):
         norm: Norm = "layer",
         dropout: float = 0.0,
         inference: bool = False,
+        attention_heads: int = 0,
+        attention_head_size: int | None = None,
         key: PRNGKeyArray,
     ):
         """**Arguments:**
@@ -184,6 +225,9 @@ class InvariantEncoder(eqx.Module):
         - `dropout`: dropout probability after every hidden activation ([`nfn.FeatureDropout`][]
           on features, `eqx.nn.Dropout` before the head).
         - `inference`: the default of the call's `inference` flag (no dropout when true).
+        - `attention_heads`: `0` (default) for none; otherwise every equivariant block ends with
+          a residual [`nfn.EquivariantAttention`][] of this many heads (`x + attention(x)`).
+        - `attention_head_size`: width of each head (default `hidden_channels`).
         - `key`: PRNG key for the initialisation.
         """
         if not isinstance(depth, int) or depth < 0:
@@ -192,6 +236,7 @@ class InvariantEncoder(eqx.Module):
         widths = [int(w) for w in head_sizes]
         if any(w < 1 for w in widths):
             raise ValueError(f"head_sizes must be positive, got {list(head_sizes)}")
+        key, attention_key = jax.random.split(key) if attention_heads else (key, None)
         keys = jax.random.split(key, depth + 2)
         channels = [in_channels] + [hidden_channels] * depth
         self.equivariant = tuple(
@@ -199,6 +244,9 @@ class InvariantEncoder(eqx.Module):
             for c_in, c_out, k in zip(channels[:-1], channels[1:], keys[:depth])
         )
         self.norms = _norms(space, hidden_channels, depth, norm)
+        self.attentions = _attentions(
+            space, hidden_channels, depth, attention_heads, attention_head_size, attention_key
+        )
         self.invariant = InvariantLinear(space, channels[-1], invariant_features, key=keys[-2])
         # Split like eqx.nn.MLP (one key per layer, the last for the output layer), so equal
         # widths give the same initial head as an eqx.nn.MLP with the same key.
@@ -223,7 +271,10 @@ class InvariantEncoder(eqx.Module):
         keys = _dropout_keys(self.dropout, inference, key, len(self.equivariant) + len(self.head))
         for k, layer in enumerate(self.equivariant):
             norm = None if self.norms is None else self.norms[k]
-            features = _hidden_block(layer, norm, self.activation, self.dropout, features, keys[k])
+            attention = None if self.attentions is None else self.attentions[k]
+            features = _hidden_block(
+                layer, norm, self.activation, self.dropout, features, keys[k], attention
+            )
         x = self.activation(self.invariant(features))
         last = len(self.head) - 1
         for k, (layer, dropout_key) in enumerate(zip(self.head, keys[len(self.equivariant) :])):
@@ -239,11 +290,12 @@ class InvariantEncoder(eqx.Module):
         [`nfn.EquivariantLinear.with_space`][]): an encoder trained on networks of one width
         encodes networks of another."""
         equivariant = tuple(layer.with_space(space) for layer in self.equivariant)
-        norms = None if self.norms is None else tuple(n.with_space(space) for n in self.norms)
+        norms = _with_space(self.norms, space)
+        attentions = _with_space(self.attentions, space)
         return eqx.tree_at(
-            lambda m: (m.equivariant, m.norms, m.invariant),
+            lambda m: (m.equivariant, m.norms, m.attentions, m.invariant),
             self,
-            (equivariant, norms, self.invariant.with_space(space)),
+            (equivariant, norms, attentions, self.invariant.with_space(space)),
             is_leaf=lambda x: x is None,
         )
 
