@@ -35,6 +35,9 @@ after two warm-up calls, each with `jax.block_until_ready` (the fastest, not the
 shared 2-core machine the median of one configuration moves by 30% from run to run, the fastest
 by a few percent). The layers of one configuration (nfn, naive and both floors) are timed
 interleaved, one call of each in turn, so that a change in the machine's load hits all of them.
+The ratios to the floors are given twice: from wall time, and from the process's CPU time per
+call (all threads, fastest of the same calls), which is what a layer costs when other
+processes keep the cores busy and which moves much less with their load.
 
 The naive baseline (benchmarks/_naive_unf.py) runs one op chain per (output leaf, input leaf,
 partition) with the nfn layer's own parameters; before timing, each configuration where both
@@ -263,17 +266,20 @@ def compile_step(layer, feats, compile_repeats=1):
 
 
 def fastest_ms(calls, repeats):
-    """Fastest of `repeats` timed calls of each, interleaved, after two warm-up calls."""
+    """Fastest of `repeats` timed calls of each, interleaved, after two warm-up calls: wall
+    time, and the process's CPU time (all threads) per call."""
     for call in calls:
         for _ in range(2):
             jax.block_until_ready(call())
-    best = [float("inf")] * len(calls)
+    wall = [float("inf")] * len(calls)
+    cpu = [float("inf")] * len(calls)
     for _ in range(repeats):
         for k, call in enumerate(calls):
-            start = time.perf_counter()
+            start_cpu, start = time.process_time(), time.perf_counter()
             jax.block_until_ready(call())
-            best[k] = min(best[k], time.perf_counter() - start)
-    return [1e3 * b for b in best]
+            wall[k] = min(wall[k], time.perf_counter() - start)
+            cpu[k] = min(cpu[k], time.process_time() - start_cpu)
+    return [1e3 * t for t in wall], [1e3 * t for t in cpu]
 
 
 def max_rel_diff(a, b):
@@ -339,7 +345,8 @@ def main():
         f"\n{'config':28s} {'leaves':>6s} {'terms':>6s} {'params':>9s} | "
         f"{'nfn comp s':>10s} {'nfn ms':>8s} | {'naive comp s':>12s} {'naive ms':>9s} | "
         f"{'1-term ms':>9s} {'2-term ms':>9s} | {'comp x':>7s} {'run x':>6s} {'ceiling':>7s} "
-        f"{'nfn/1-term':>10s} {'nfn/2-term':>10s} | {'rel diff':>8s}"
+        f"{'nfn/1-term':>10s} {'nfn/2-term':>10s} {'cpu/1t':>7s} {'cpu/2t':>7s} | "
+        f"{'rel diff':>8s}"
     )
     print(header)
     print("-" * (len(header) - 1))
@@ -368,13 +375,18 @@ def main():
             if ncomp > args.naive_timeout and config.depth is not None:
                 skip_family[family] = ncomp
             calls.append(naive_call)
-        ms, floor_ms, floor2_ms, *naive_ms = fastest_ms(calls, args.repeats)
+        (ms, floor_ms, floor2_ms, *naive_ms), (cpu, floor_cpu, floor2_cpu, *_) = fastest_ms(
+            calls, args.repeats
+        )
         line = (
             f"{config.name:28s} {len(space.leaves):6d} {terms:6d} {num_parameters(layer):9d} | "
             f"{comp:10.2f} {ms:8.2f} | "
         )
         floors = f"{floor_ms:9.2f} {floor2_ms:9.2f}"
-        ratios = f"{ms / floor_ms:9.2f}x {ms / floor2_ms:9.2f}x"
+        ratios = (
+            f"{ms / floor_ms:9.2f}x {ms / floor2_ms:9.2f}x "
+            f"{cpu / floor_cpu:6.2f}x {cpu / floor2_cpu:6.2f}x"
+        )
         if skip is None:
             (nms,) = naive_ms
             line += (
