@@ -28,7 +28,6 @@ import jax.numpy as jnp
 import numpy as np
 
 import nfn
-from nfn._equivariant import _output_buckets
 from nfn._partitions import id_partitions
 
 LETTERS = string.ascii_lowercase + string.ascii_uppercase
@@ -178,7 +177,7 @@ class NaiveEquivariantLinear(eqx.Module):
                 col += leaf.fixed_size * cout
         # nfn stacks the matrices of terms that land on the same output blocks, rows in term order.
         coupled = {}
-        for bucket, stacked in zip(_output_buckets(layer.terms), layer.coupled_weights):
+        for bucket, stacked in zip(layer.plan.output_buckets, layer.bucket_weights()):
             row = 0
             for k in bucket:
                 t = layer.terms[k]

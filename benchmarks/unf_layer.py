@@ -1,9 +1,12 @@
 """Forward+backward time and compile time of `nfn.EquivariantLinear` against a naive per-term UNF.
 
-    python benchmarks/unf_layer.py [--quick] [--naive-max-depth 16] [--naive-timeout 120]
+    python benchmarks/unf_layer.py [--quick | --policy] [--naive-max-depth 16] [--naive-timeout 120]
 
 Weight spaces:
 
+- Policy-sized MLPs with fixed input and output (`io="fixed"`), first in the table: the EPVF Ant
+  policy 34 -> 32 -> 32 -> 8 at 8 channels, and 34 -> (2 or 3 hidden layers of 32 or 64) -> 8 at
+  16 channels. `--policy` runs only these.
 - MLP (`eqx.nn.MLP`, `depth` hidden layers) with the NP spec (`nfn.weight_space(mlp,
   io="permuted")`: input and output neurons permuted too) and the true-symmetry spec
   (`io="fixed"`: input/output neurons fixed, folded into the channels), depth 2, 4, 8, 12, 16
@@ -27,10 +30,14 @@ Weight spaces:
 Every layer acts on a batch of 16 networks (`jax.vmap` over the features). Timed: the loss
 `sum(out**2)` and its gradient with respect to the layer's parameters and the input features,
 jitted; "compile s" is the fastest of `--compile-repeats` trace + lower + XLA compiles of that
-function (in-memory caches cleared in between); "ms" the fastest of
-`--repeats` fwd+bwd calls after two warm-up calls, each with `jax.block_until_ready` (the
-fastest, not the median: on a shared 2-core machine the median of one configuration moves by
-30% from run to run, the fastest by a few percent).
+function (in-memory caches cleared in between); "ms" the fastest of `--repeats` fwd+bwd calls
+after two warm-up calls, each with `jax.block_until_ready` (the fastest, not the median: on a
+shared 2-core machine the median of one configuration moves by 30% from run to run, the fastest
+by a few percent). The layers of one configuration (nfn, naive and both floors) are timed
+interleaved, one call of each in turn, so that a change in the machine's load hits all of them.
+The ratios to the floors are given twice: from wall time, and from the process's CPU time per
+call (all threads, fastest of the same calls), which is what a layer costs when other
+processes keep the cores busy and which moves much less with their load.
 
 The naive baseline (benchmarks/_naive_unf.py) runs one op chain per (output leaf, input leaf,
 partition) with the nfn layer's own parameters; before timing, each configuration where both
@@ -38,11 +45,19 @@ run checks that they give the same outputs (max relative difference printed). It
 grows quickly, so it runs only up to `--naive-max-depth` for MLPs and is skipped once a naive
 compile took more than `--naive-timeout` seconds (the output says which rows were skipped).
 
-The floor ("1-term ms") is the cheapest layer with the same inputs and outputs: each leaf's
-features times one `(fan_in, fan_out)` matrix, which is the identity basis map alone. Every
-complete equivariant layer contains that map, so an implementation cannot be expected to beat
-this time, and `naive / floor` ("ceiling") bounds the fwd+bwd speed-up over the naive layer that
-any implementation could reach with XLA on this machine.
+Two floors:
+
+- "1-term ms" is the cheapest layer with the same inputs and outputs: each leaf's features times
+  one `(fan_in, fan_out)` matrix, which is the identity basis map alone. Every complete
+  equivariant layer contains that map, so an implementation cannot be expected to beat this
+  time, and `naive / 1-term` ("ceiling") bounds the fwd+bwd speed-up over the naive layer that
+  any implementation could reach with XLA on this machine.
+- "2-term ms" adds, for every leaf with a permuted axis, the second kind of map that every
+  complete basis has: the leaf's mean over its permuted axes, times a `(fan_in, fan_out)` matrix,
+  broadcast back over those axes and added to the identity map's output. It is the cheapest
+  layer with the *structure* of a complete one (a reduction over the permuted axes, a small
+  matmul and a broadcast add per leaf, in the forward pass and again in the backward), with none
+  of the basis's other terms; `nfn/2-term` is how far nfn is from that.
 """
 
 import argparse
@@ -123,8 +138,20 @@ def transformer_space(residual, heads=4, d_head=16, mlp=128, *, residual_permute
     return nfn.WeightSpace.from_spec(params, spec)
 
 
-def configs(quick):
-    out = []
+def policy_configs():
+    """Policy-sized MLPs with the Ant policy's input and output (34 observations, 8 actions)."""
+    out = [Config("Ant policy 34-32-32-8 C=8", mlp_space(2, 32, "fixed", 34, 8), 8, 2)]
+    for width in (32, 64):
+        for d in (2, 3):
+            name = f"policy d={d} w={width} C=16"
+            out.append(Config(name, mlp_space(d, width, "fixed", 34, 8), 16, d))
+    return out
+
+
+def configs(quick, policy):
+    out = policy_configs()
+    if policy:
+        return out
     depths = (2, 4) if quick else (2, 4, 8, 12, 16)
     for io, tag in (("permuted", "NP"), ("fixed", "fixed-IO")):
         for d in depths:
@@ -176,8 +203,46 @@ class SingleTermLayer(eqx.Module):
         )
 
 
-def measure(layer, feats, repeats, compile_repeats=1):
-    """(fastest compile seconds, fastest fwd+bwd ms, forward output) for a batch of features."""
+class TwoTermLayer(eqx.Module):
+    """The identity map plus, on each leaf with a permuted axis, its mean over those axes times
+    a second matrix, broadcast back over them."""
+
+    weights: tuple[jax.Array, ...]
+    pooled_weights: tuple[jax.Array | None, ...]
+    space: nfn.WeightSpace = eqx.field(static=True)
+
+    def __init__(self, space, channels, *, key):
+        self.space = space
+        self.weights = SingleTermLayer(space, channels, key=key).weights
+        pooled_key = jax.random.fold_in(key, len(space.leaves))
+        self.pooled_weights = tuple(
+            jax.random.normal(
+                jax.random.fold_in(pooled_key, n), (2 * (leaf.fixed_size * channels,))
+            )
+            / np.sqrt(leaf.fixed_size * channels)
+            if leaf.permuted_ids
+            else None
+            for n, leaf in enumerate(space.leaves)
+        )
+
+    def __call__(self, features):
+        outputs = []
+        for leaf, x, w, v in zip(
+            self.space.leaves,
+            self.space.flatten(features, channels=True),
+            self.weights,
+            self.pooled_weights,
+        ):
+            x = fold(leaf, x)
+            y = x @ w
+            if v is not None:
+                y = y + jnp.mean(x, axis=tuple(range(x.ndim - 1))) @ v
+            outputs.append(unfold(leaf, y))
+        return self.space.unflatten(outputs)
+
+
+def compile_step(layer, feats, compile_repeats=1):
+    """(fastest compile seconds, a call of the compiled fwd+bwd, forward output)."""
 
     def loss(model, x):
         out = jax.vmap(lambda f: model(f))(x)
@@ -196,15 +261,25 @@ def measure(layer, feats, repeats, compile_repeats=1):
         start = time.perf_counter()
         compiled = jax.jit(step).lower(params, feats).compile()
         compile_s = min(compile_s, time.perf_counter() - start)
-    for _ in range(2):
-        jax.block_until_ready(compiled(params, feats))
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        jax.block_until_ready(compiled(params, feats))
-        times.append(time.perf_counter() - t)
     forward = jax.jit(jax.vmap(lambda f: layer(f)))(feats)
-    return compile_s, 1e3 * min(times), forward
+    return compile_s, lambda: compiled(params, feats), forward
+
+
+def fastest_ms(calls, repeats):
+    """Fastest of `repeats` timed calls of each, interleaved, after two warm-up calls: wall
+    time, and the process's CPU time (all threads) per call."""
+    for call in calls:
+        for _ in range(2):
+            jax.block_until_ready(call())
+    wall = [float("inf")] * len(calls)
+    cpu = [float("inf")] * len(calls)
+    for _ in range(repeats):
+        for k, call in enumerate(calls):
+            start_cpu, start = time.process_time(), time.perf_counter()
+            jax.block_until_ready(call())
+            wall[k] = min(wall[k], time.perf_counter() - start)
+            cpu[k] = min(cpu[k], time.process_time() - start_cpu)
+    return [1e3 * t for t in wall], [1e3 * t for t in cpu]
 
 
 def max_rel_diff(a, b):
@@ -216,7 +291,9 @@ def max_rel_diff(a, b):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a small subset (sanity check)")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--quick", action="store_true", help="a small subset (sanity check)")
+    group.add_argument("--policy", action="store_true", help="only the policy-sized group")
     parser.add_argument("--repeats", type=int, default=20, help="fwd+bwd calls timed")
     parser.add_argument(
         "--compile-repeats", type=int, default=2, help="compiles timed (the fastest is shown)"
@@ -241,8 +318,8 @@ def main():
         f"numpy {np.__version__}  python {platform.python_version()}"
     )
     print(
-        f"batch {BATCH} networks (vmap), float32, fastest of {args.repeats} runs after warm-up "
-        f"and of {args.compile_repeats} compiles"
+        f"batch {BATCH} networks (vmap), float32, fastest of {args.repeats} interleaved runs "
+        f"after warm-up and of {args.compile_repeats} compiles"
     )
     print(
         f"naive: MLPs up to depth {args.naive_max_depth}; skipped for larger spaces of a family "
@@ -267,25 +344,24 @@ def main():
     header = (
         f"\n{'config':28s} {'leaves':>6s} {'terms':>6s} {'params':>9s} | "
         f"{'nfn comp s':>10s} {'nfn ms':>8s} | {'naive comp s':>12s} {'naive ms':>9s} | "
-        f"{'1-term ms':>9s} | {'comp x':>7s} {'run x':>6s} {'ceiling':>7s} {'nfn/1-term':>10s} | "
+        f"{'1-term ms':>9s} {'2-term ms':>9s} | {'comp x':>7s} {'run x':>6s} {'ceiling':>7s} "
+        f"{'nfn/1-term':>10s} {'nfn/2-term':>10s} {'cpu/1t':>7s} {'cpu/2t':>7s} | "
         f"{'rel diff':>8s}"
     )
     print(header)
     print("-" * (len(header) - 1))
     skip_family: dict[str, float] = {}
     rows = []
-    for config in configs(args.quick):
+    for config in configs(args.quick, args.policy):
         space, channels = config.space, config.channels
         layer = nfn.EquivariantLinear(space, channels, channels, key=key)
         feats = features(space, channels, jax.random.fold_in(key, 1))
         terms = nfn.count_equivariant_terms(space)
-        comp, ms, out = measure(layer, feats, args.repeats, args.compile_repeats)
-        _, floor_ms, _ = measure(SingleTermLayer(space, channels, key=key), feats, args.repeats)
+        comp, call, out = compile_step(layer, feats, args.compile_repeats)
+        calls = [call]
+        for floor in (SingleTermLayer, TwoTermLayer):
+            calls.append(compile_step(floor(space, channels, key=key), feats)[1])
         family = config.name.split(" d=")[0] if config.depth is not None else config.name
-        line = (
-            f"{config.name:28s} {len(space.leaves):6d} {terms:6d} {num_parameters(layer):9d} | "
-            f"{comp:10.2f} {ms:8.2f} | "
-        )
         skip = None
         if config.depth is not None and config.depth > args.naive_max_depth:
             skip = f"skipped (depth > {args.naive_max_depth})"
@@ -294,18 +370,32 @@ def main():
         if skip is None:
             naive = NaiveEquivariantLinear.from_nfn(layer)
             assert naive.num_terms == terms
-            ncomp, nms, nout = measure(naive, feats, args.repeats, args.compile_repeats)
+            ncomp, naive_call, nout = compile_step(naive, feats, args.compile_repeats)
             diff = max_rel_diff(out, nout)
             if ncomp > args.naive_timeout and config.depth is not None:
                 skip_family[family] = ncomp
+            calls.append(naive_call)
+        (ms, floor_ms, floor2_ms, *naive_ms), (cpu, floor_cpu, floor2_cpu, *_) = fastest_ms(
+            calls, args.repeats
+        )
+        line = (
+            f"{config.name:28s} {len(space.leaves):6d} {terms:6d} {num_parameters(layer):9d} | "
+            f"{comp:10.2f} {ms:8.2f} | "
+        )
+        floors = f"{floor_ms:9.2f} {floor2_ms:9.2f}"
+        ratios = (
+            f"{ms / floor_ms:9.2f}x {ms / floor2_ms:9.2f}x "
+            f"{cpu / floor_cpu:6.2f}x {cpu / floor2_cpu:6.2f}x"
+        )
+        if skip is None:
+            (nms,) = naive_ms
             line += (
-                f"{ncomp:12.2f} {nms:9.2f} | {floor_ms:9.2f} | {ncomp / comp:6.1f}x "
-                f"{nms / ms:5.1f}x {nms / floor_ms:6.1f}x {ms / floor_ms:9.1f}x | {diff:8.1e}"
+                f"{ncomp:12.2f} {nms:9.2f} | {floors} | {ncomp / comp:6.1f}x "
+                f"{nms / ms:5.1f}x {nms / floor_ms:6.1f}x {ratios} | {diff:8.1e}"
             )
             rows.append((config, comp, ms, ncomp, nms, floor_ms))
         else:
-            blank = " " * 22
-            line += f"{skip:22s} | {floor_ms:9.2f} | {blank} {ms / floor_ms:9.1f}x |"
+            line += f"{skip:22s} | {floors} | {' ' * 22} {ratios} |"
             rows.append((config, comp, ms, None, None, floor_ms))
         print(line, flush=True)
 

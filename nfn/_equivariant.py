@@ -140,6 +140,24 @@ def _output_buckets(terms: tuple[CoupledTerm, ...]) -> tuple[tuple[int, ...], ..
     return tuple(tuple(b) for b in buckets.values())
 
 
+def _shared_matmuls(
+    input_groups: tuple[_InputGroup, ...], output_buckets: tuple[tuple[int, ...], ...]
+) -> tuple[tuple[int, ...], ...]:
+    """Output buckets whose terms read the same reduced inputs in the same order.
+
+    On an MLP, every leaf that carries a hidden id feeds the buckets of every output leaf that
+    carries it, so those buckets concatenate identical inputs.
+    """
+    term_input = {}
+    for g, group in enumerate(input_groups):
+        for k, order in zip(group.members, group.orders):
+            term_input[k] = (g, order)
+    matmuls: dict[tuple, list[int]] = {}
+    for b, bucket in enumerate(output_buckets):
+        matmuls.setdefault(tuple(term_input[k] for k in bucket), []).append(b)
+    return tuple(tuple(m) for m in matmuls.values())
+
+
 @dataclasses.dataclass(frozen=True)
 class _Plan:
     """Everything an `EquivariantLinear` derives from its two spaces, built once per layer.
@@ -149,7 +167,10 @@ class _Plan:
     - `out_partitions[i]`: the id partitions of output leaf `i`'s permuted axes; the pooled
       matrix has one column block per (leaf, partition), in this order.
     - `input_groups`: coupled terms that share one reduction of an input leaf.
-    - `output_buckets`: coupled terms that share one stacked matrix (one per bucket, in order).
+    - `output_buckets`: coupled terms that land on the same output blocks, so that their sum is
+      formed inside one matmul (their rows stacked in term order).
+    - `matmuls`: output buckets that read the same inputs and so share one matmul, their
+      columns side by side in this order; one matrix of `coupled_weights` each.
     """
 
     pooling: Pooling
@@ -157,6 +178,7 @@ class _Plan:
     out_partitions: tuple[tuple[Partition, ...], ...]
     input_groups: tuple[_InputGroup, ...]
     output_buckets: tuple[tuple[int, ...], ...]
+    matmuls: tuple[tuple[int, ...], ...]
 
     @classmethod
     def of(cls, space: WeightSpace, out_space: WeightSpace, in_channels: int) -> "_Plan":
@@ -167,12 +189,14 @@ class _Plan:
             if set(out_leaf.permuted_ids) & set(in_leaf.permuted_ids)
             for term in _coupled_terms(i, out_leaf, j, in_leaf)
         )
+        input_groups, output_buckets = _input_groups(terms), _output_buckets(terms)
         return cls(
             pooling=Pooling.of(space, in_channels),
             terms=terms,
             out_partitions=tuple(id_partitions(leaf.permuted_ids) for leaf in out_space),
-            input_groups=_input_groups(terms),
-            output_buckets=_output_buckets(terms),
+            input_groups=input_groups,
+            output_buckets=output_buckets,
+            matmuls=_shared_matmuls(input_groups, output_buckets),
         )
 
 
@@ -200,8 +224,9 @@ class EquivariantLinear(eqx.Module):
     its diagonals, broadcast to an output leaf) exist for every pair of leaves; they are pooled
     once per input leaf and mixed by a single matrix, so cost and compile time grow with the
     number of coupled pairs (leaves that share an id), not with the square of the number of
-    leaves. Terms that keep indices and land on the same blocks of one output leaf share one
-    matrix in `coupled_weights`, each term's rows stacked in the order of `terms`.
+    leaves. Terms that keep indices and land on the same blocks of one output leaf are one
+    stacked matrix, each term's rows in the order of `terms`; stacked matrices whose terms read
+    the same inputs sit side by side in one matrix of `coupled_weights` (see `bucket_weights`).
 
     Acts on the features of one network (every leaf `shape + (in_channels,)`); `vmap` for
     batches.
@@ -282,8 +307,10 @@ class EquivariantLinear(eqx.Module):
             row_stds = np.concatenate(row_stds)
             shapes.append((row_stds.size, fan_out))
             stds.append(row_stds[:, None].astype(dtype))
-        pooled, *coupled = normal_arrays(key, tuple(shapes), tuple(stds), dtype)
-        return pooled, tuple(coupled)
+        pooled, *stacked = normal_arrays(key, tuple(shapes), tuple(stds), dtype)
+        return pooled, tuple(
+            jnp.concatenate([stacked[b] for b in buckets], axis=1) for buckets in plan.matmuls
+        )
 
     def with_space(
         self, space: WeightSpace, out_space: WeightSpace | None = None
@@ -334,6 +361,22 @@ class EquivariantLinear(eqx.Module):
         """The coupled basis maps (those that keep an index), in the row order of
         `coupled_weights`."""
         return self.plan.terms
+
+    def bucket_weights(self) -> tuple[Array, ...]:
+        """The stacked matrix of each output bucket (`plan.output_buckets`), sliced out of
+        `coupled_weights`."""
+        weights = [None] * len(self.plan.output_buckets)
+        for buckets, weight in zip(self.plan.matmuls, self.coupled_weights):
+            offset = 0
+            for b in buckets:
+                width = self._fan_out(b)
+                weights[b] = weight[:, offset : offset + width]
+                offset += width
+        return tuple(weights)
+
+    def _fan_out(self, bucket: int) -> int:
+        out_leaf = self.plan.terms[self.plan.output_buckets[bucket][0]].out_leaf
+        return self.out_space.leaves[out_leaf].fixed_size * self.out_channels
 
     @property
     def out_partitions(self) -> tuple[int, ...]:
@@ -402,19 +445,25 @@ class EquivariantLinear(eqx.Module):
         """Mix the coupled terms' channels and add them onto their output blocks.
 
         Terms onto the same output blocks are one matmul of their concatenated inputs against one
-        stacked matrix, so the sum is formed inside the matmul (see docs/performance.md for the
+        stacked matrix, so the sum is formed inside the matmul; buckets with the same inputs
+        share that matmul, so its input is read once and its backward is one matmul per
+        direction instead of one per bucket summed (see docs/performance.md for the
         measurements behind this layout).
         """
-        for bucket, weight in zip(self.plan.output_buckets, self.coupled_weights):
-            inputs = [reduced[k] for k in bucket]
-            mixed = (inputs[0] if len(bucket) == 1 else jnp.concatenate(inputs, -1)) @ weight
-            term = self.plan.terms[bucket[0]]
-            kept_sizes = iter(mixed.shape[:-1])
-            shape = tuple(next(kept_sizes) if kept else 1 for kept in term.kept)
-            acc = accumulators[term.out_leaf]
-            acc[term.out_partition] = acc[term.out_partition] + mixed.reshape(
-                (*shape, mixed.shape[-1])
-            )
+        for buckets, weight in zip(self.plan.matmuls, self.coupled_weights):
+            inputs = [reduced[k] for k in self.plan.output_buckets[buckets[0]]]
+            mixed = (inputs[0] if len(inputs) == 1 else jnp.concatenate(inputs, -1)) @ weight
+            offset = 0
+            for b in buckets:
+                width = self._fan_out(b)
+                term = self.plan.terms[self.plan.output_buckets[b][0]]
+                kept_sizes = iter(mixed.shape[:-1])
+                shape = tuple(next(kept_sizes) if kept else 1 for kept in term.kept)
+                acc = accumulators[term.out_leaf]
+                acc[term.out_partition] = acc[term.out_partition] + mixed[
+                    ..., offset : offset + width
+                ].reshape((*shape, width))
+                offset += width
 
     def _expand(self, accumulators: list[list[Array]]) -> PyTree[Array]:
         """Write every partition's values onto its diagonals and unfold to output features."""

@@ -23,7 +23,10 @@ def test_equivariant_plan_is_static_data_of_the_layer():
     a = nfn.EquivariantLinear(space, 2, 3, key=jax.random.key(1))
     b = nfn.EquivariantLinear(space, 2, 3, key=jax.random.key(2))
     assert a.plan == b.plan and hash(a.plan) == hash(b.plan)
-    assert len(a.plan.output_buckets) == len(a.coupled_weights)
+    assert len(a.plan.matmuls) == len(a.coupled_weights)
+    assert sorted(b for buckets in a.plan.matmuls for b in buckets) == list(
+        range(len(a.plan.output_buckets))
+    )
     assert sorted(k for bucket in a.plan.output_buckets for k in bucket) == list(
         range(len(a.terms))
     )
