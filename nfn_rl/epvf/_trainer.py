@@ -88,8 +88,9 @@ def _critic_optimizer(config: EPVFConfig) -> optax.GradientTransformation:
 class EPVFTrainer(Trainer):
     """EPVF for one config and environment (build with `nfn_rl.make_trainer`).
 
-    `mesh` is a 1-D mesh over all devices (axis `"envs"`): the rollouts and the critic batches
-    are split evenly across it, everything else is replicated.
+    `mesh` is a 1-D mesh over all devices (axis `"envs"`), of every process in a multi-process
+    run: the rollouts and the critic batches are split evenly across it, everything else is
+    replicated.
     """
 
     config: EPVFConfig = eqx.field(static=True)
@@ -276,13 +277,16 @@ def _device_mesh(config: EPVFConfig) -> Mesh:
     since each device takes an equal part of them.
     """
     devices = jax.devices()
+    # Across processes the devices are every process's: each process takes its devices' part.
+    processes = jax.process_count()
+    across = f" over {processes} processes" if processes > 1 else ""
     for name in ("num_envs", "batch_size"):
         value = getattr(config, name)
         if value % len(devices):
             raise ValueError(
                 f"EPVFConfig.{name}={value} must be a multiple of the number of devices "
-                f"({len(devices)}), which share it evenly; set {name} to a multiple of "
-                f"{len(devices)} or limit the visible devices"
+                f"({len(devices)}){across}, which share it evenly; set {name} to a multiple of "
+                f"{len(devices)} or use fewer devices or processes"
             )
     # Auto axes: the shardings are constraints on the computation, and the compiler places the
     # rest (the default of `jax.make_mesh`, explicit axes, would type every array by sharding).
