@@ -8,7 +8,7 @@ replaying the run from its start.
 
 Across processes (`nfn_rl.initialize_distributed`) every process runs this loop alike on the
 one global state; only process 0 writes the files, each one atomically. The run directory must
-be on a file system every process sees: a resume reads the checkpoint in every process.""" 
+be on a file system every process sees: a resume reads the checkpoint in every process."""
 
 import datetime
 import math
