@@ -69,20 +69,25 @@ def launch(
     port = free_port() if port is None else port
     environments = process_environments(processes, port, heartbeat_timeout_s)
     children = [subprocess.Popen(command, env=env) for env in environments]
-    failed_at, code = None, 0
+    failed_at, code, reported = None, 0, set()
     # The others notice a failure within the heartbeat timeout, then wait at most twice that to
     # shut down: past both (and a margin) they are killed.
     grace = 3 * heartbeat_timeout_s + 10
     try:
-        while any(child.poll() is None for child in children):
-            for index, child in enumerate(children):
-                if child.returncode not in (None, 0) and failed_at is None:
-                    failed_at, code = time.monotonic(), child.returncode
+        while True:
+            codes = [child.poll() for child in children]
+            for index, child_code in enumerate(codes):
+                if child_code not in (None, 0) and index not in reported:
+                    reported.add(index)
                     print(
-                        f"nfn_rl.launch: process {index} exited with code {child.returncode}; "
-                        f"the others stop within {grace} s",
+                        f"nfn_rl.launch: process {index} exited with code {child_code}"
+                        + ("" if failed_at else f"; the others stop within {grace} s"),
                         file=sys.stderr,
                     )
+                    if failed_at is None:
+                        failed_at, code = time.monotonic(), child_code
+            if all(child_code is not None for child_code in codes):
+                break
             if failed_at is not None and time.monotonic() - failed_at > grace:
                 print("nfn_rl.launch: killing the processes still running", file=sys.stderr)
                 _kill(children)

@@ -1,0 +1,215 @@
+"""EPVF across processes (`jax.distributed`, Gloo on CPU): 2 processes with 1 device each match
+1 process with 2 devices and 1 device, a killed process stops the others, and a 2-process run
+resumes in 1 process.
+
+Every run is a subprocess (this file run as a script); the multi-process ones are started by
+`python -m nfn_rl.launch`, as a user would.
+"""
+
+import json
+import math
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+# The run of tests/test_multidevice.py, with a checkpoint halfway (the resume starts there).
+CONFIG = dict(
+    horizon=50,
+    num_envs=8,
+    batch_size=8,
+    iterations=6,
+    log_interval=3,
+    eval_interval=3,
+    eval_episodes=2,
+    checkpoint_interval=3,
+    policy_width=8,
+    critic_width=16,
+)
+SEED = 3
+HALFWAY = 3
+ROOT = pathlib.Path(__file__).parent.parent
+TIMEOUT_S = 300
+HEARTBEAT_S = 5
+
+
+def _script(mode: str, out_dir: str) -> None:
+    """The subprocess: train `CONFIG` in `out_dir` as `mode` says; process 0 prints JSON."""
+    import dataclasses
+
+    import equinox as eqx
+    import jax
+    from jaxtyping import install_import_hook
+
+    # The same checks as the test suite's (pyproject's --jaxtyping-packages), and its cache.
+    with install_import_hook(["nfn", "nfn_rl"], "beartype.beartype"):
+        import nfn_rl
+    # First, before any computation: joins the other processes under `nfn_rl.launch`.
+    nfn_rl.initialize_distributed()
+    nfn_rl.enable_compilation_cache()
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    out = pathlib.Path(out_dir)
+    config = nfn_rl.EPVFConfig(**CONFIG)
+
+    if mode == "loop":
+        # Trains until killed; says when every process is inside the training loop.
+        def looping(done):
+            (out / f"looping_{jax.process_index()}").write_text(str(os.getpid()))
+
+        for _ in range(1000):
+            nfn_rl.train(
+                config, seed=SEED, out_dir=out / "run", progress=False, overwrite=True,
+                on_chunk=looping,
+            )  # fmt: skip
+        return
+
+    def keep_halfway(done):
+        # A copy of the run as it stood halfway, for the resume test.
+        if done == HALFWAY and nfn_rl.is_main_process():
+            shutil.copytree(out / "run", out / "halfway")
+
+    trainer, state = nfn_rl.train(
+        config, seed=SEED, out_dir=out / "run", progress=False, resume=mode == "resume",
+        on_chunk=keep_halfway,
+    )  # fmt: skip
+    rows = nfn_rl.read_metrics(out / "run" / "metrics.csv")
+    _, _, returns = eqx.filter_jit(lambda t, s, k: t.collect(s, key=k))(
+        trainer, state, jax.random.key(0)
+    )
+    try:
+        nfn_rl.make_trainer(dataclasses.replace(config, num_envs=9))
+        error = None
+    except ValueError as e:
+        error = str(e)
+    result = {
+        "processes": jax.process_count(),
+        "devices": jax.device_count(),
+        "run_ids": sorted({r["run_id"] for r in rows}),
+        "metrics": {k: [r[k] for r in rows] for k in rows[0] if k not in ("wall_s", "run_id")},
+        "returns_devices": len(returns.sharding.device_set),
+        "local_returns_shards": sorted(tuple(s.data.shape) for s in returns.addressable_shards),
+        "num_envs_9_error": error,
+    }
+    if nfn_rl.is_main_process():
+        print(json.dumps(result))
+
+
+def _start(out_dir: pathlib.Path, *, processes: int = 1, devices: int = 1, mode: str = "train"):
+    out_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    )
+    command = [sys.executable, __file__, mode, str(out_dir)]
+    if processes > 1:
+        launcher = ["-m", "nfn_rl.launch", "--processes", str(processes)]
+        command = [sys.executable, *launcher, "--heartbeat-timeout", str(HEARTBEAT_S), *command[1:]]
+    return subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def _result(process: subprocess.Popen) -> dict:
+    stdout, stderr = process.communicate(timeout=TIMEOUT_S)
+    assert process.returncode == 0, stderr
+    return json.loads(stdout.splitlines()[-1])
+
+
+def _assert_close(metrics: dict, expected: dict, rtol: float) -> None:
+    assert metrics.keys() == expected.keys()
+    for name, values in metrics.items():
+        assert [math.isnan(v) for v in values] == [math.isnan(v) for v in expected[name]], name
+        np.testing.assert_allclose(values, expected[name], rtol=rtol, err_msg=name)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The same run on 2 processes, on 1 process with 2 devices, and on 1 device, at once."""
+    root = tmp_path_factory.mktemp("multiprocess")
+    started = {
+        "processes": _start(root / "processes", processes=2),
+        "devices": _start(root / "devices", devices=2),
+        "one": _start(root / "one"),
+    }
+    return root, {name: _result(process) for name, process in started.items()}
+
+
+def test_two_processes_match_two_devices_and_one(runs):
+    root, results = runs
+    processes, devices, one = results["processes"], results["devices"], results["one"]
+    assert (processes["processes"], processes["devices"]) == (2, 2)
+    assert (devices["processes"], devices["devices"]) == (1, 2)
+    # Each process rolled out its own 4 of the 8 perturbed policies.
+    assert processes["returns_devices"] == 2
+    assert processes["local_returns_shards"] == [[4]]
+    assert devices["local_returns_shards"] == [[4], [4]]
+    # One run id, and only process 0 wrote: one header and one row per iteration.
+    assert len(processes["run_ids"]) == 1
+    lines = (root / "processes" / "run" / "metrics.csv").read_text().splitlines()
+    assert len(lines) == 1 + CONFIG["iterations"]
+    assert sorted(p.name for p in (root / "processes" / "run").iterdir()) == [
+        "checkpoint.eqx",
+        "config.json",
+        "metrics.csv",
+        "returns.png",
+    ]
+    error = processes["num_envs_9_error"]
+    assert "num_envs=9" in error and "(2) over 2 processes" in error
+
+    # 2 processes run the program of 1 process with 2 devices, with the cross-device sums
+    # through Gloo: measured bitwise equal on this CPU (rtol 0). Against 1 device the critic's
+    # gradient is summed in two parts first: the critic losses moved by 7e-8 relative
+    # (measured, as in test_multidevice), and 1e-5 leaves room for that to grow; a rollout that
+    # changed would move a return by a whole step.
+    _assert_close(processes["metrics"], devices["metrics"], rtol=0)
+    _assert_close(processes["metrics"], one["metrics"], rtol=1e-5)
+
+
+def test_two_process_run_resumes_in_one_process(runs):
+    root, results = runs
+    # The halfway copy holds the checkpoint at iteration 3 and its 3 rows.
+    resumed_dir = root / "resumed"
+    shutil.copytree(root / "processes" / "halfway", resumed_dir / "run")
+    resumed = _result(_start(resumed_dir, mode="resume"))
+    assert (resumed["processes"], resumed["devices"]) == (1, 1)
+    assert resumed["run_ids"] == results["processes"]["run_ids"]
+    # The same tolerance as 1 device against 2 processes, for the same reason.
+    _assert_close(resumed["metrics"], results["one"]["metrics"], rtol=1e-5)
+    _assert_close(resumed["metrics"], results["processes"]["metrics"], rtol=1e-5)
+
+
+def test_killing_a_process_stops_the_others(tmp_path):
+    launcher = _start(tmp_path, processes=2, mode="loop")
+    looping = [tmp_path / f"looping_{index}" for index in (0, 1)]
+    deadline = time.monotonic() + TIMEOUT_S
+    while not all(path.exists() for path in looping):
+        assert launcher.poll() is None, launcher.communicate()[1]
+        assert time.monotonic() < deadline, "the processes never started training"
+        time.sleep(0.2)
+    os.kill(int(looping[1].read_text()), signal.SIGKILL)
+    killed_at = time.monotonic()
+    # The survivor notices at its next exchange with the dead process, or at the latest after
+    # the heartbeat timeout, then waits out the shutdown barrier (2 heartbeats): never a hang.
+    _, stderr = launcher.communicate(timeout=10 * HEARTBEAT_S + 30)
+    assert launcher.returncode != 0
+    assert "process 1 exited with code -9" in stderr
+    # Process 0 stopped by itself, with JAX's error naming a dead peer; the launcher killed
+    # nothing.
+    assert "killing the processes still running" not in stderr
+    assert any(
+        clue in stderr
+        for clue in ("Connection closed by peer", "heartbeat timeout", "another task died")
+    ), stderr[-2000:]
+    assert time.monotonic() - killed_at < 10 * HEARTBEAT_S + 30
+
+
+if __name__ == "__main__":
+    _script(sys.argv[1], sys.argv[2])
