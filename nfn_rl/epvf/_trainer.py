@@ -150,9 +150,38 @@ class EPVFTrainer(Trainer):
     def _returns(
         self, params: PyTree[Array], keys: Key[Array, " n"]
     ) -> tuple[Int[Array, " n"], Float[Array, " n"]]:
+        if isinstance(self.env, NativeAnt):
+            return self._returns_on_each_device(params, keys)
+        return self._episodes(self.env, params, keys)
+
+    def _episodes(
+        self, env: Environment, params: PyTree[Array], keys: Key[Array, " n"]
+    ) -> tuple[Int[Array, " n"], Float[Array, " n"]]:
         return jax.vmap(
-            lambda p, k: episode_length_and_return(self.env, eqx.combine(p, self.policy_static), k)
+            lambda p, k: episode_length_and_return(env, eqx.combine(p, self.policy_static), k)
         )(params, keys)
+
+    def _returns_on_each_device(
+        self, params: PyTree[Array], keys: Key[Array, " n"]
+    ) -> tuple[Int[Array, " n"], Float[Array, " n"]]:
+        """`_episodes`, with each device's share of the episodes played by its own host call.
+
+        The native Ant runs on the host through a callback, which the compiler would otherwise
+        place on the first device alone, gathering every episode there: across processes, each
+        process now plays its own devices' episodes on its own CPU.
+        """
+        env_arrays, env_static = eqx.partition(self.env, eqx.is_array)
+
+        def on_device(env_arrays, params, keys):
+            return self._episodes(eqx.combine(env_arrays, env_static), params, keys)
+
+        split = PartitionSpec(ENVS_AXIS)
+        return jax.shard_map(
+            on_device,
+            mesh=self.mesh,
+            in_specs=(PartitionSpec(), split, split),
+            out_specs=(split, split),
+        )(env_arrays, params, keys)
 
     def collect(
         self, state: EPVFState, *, key: PRNGKeyArray
@@ -306,8 +335,9 @@ def make_epvf(config: EPVFConfig, env: Environment | None = None) -> EPVFTrainer
         env = make_env(config.env, config.horizon)
     env = _with_backend(config, env)
     # Arrays committed to one device (MJX puts its model on the default device) cannot enter a
-    # computation across several.
+    # computation across several; they go through the host, where every process has them.
     env_arrays, env_static = eqx.partition(env, eqx.is_array)
+    env_arrays = jax.tree.map(np.asarray, env_arrays)
     env = eqx.combine(jax.device_put(env_arrays, NamedSharding(mesh, PartitionSpec())), env_static)
 
     def build(key):
@@ -336,7 +366,8 @@ def _with_backend(config: EPVFConfig, env: Environment) -> Environment:
     """`env`, as a `NativeAnt` where `config.backend` asks for MuJoCo's C engine."""
     backend = config.backend
     if backend == "auto":
-        one_cpu = jax.default_backend() == "cpu" and len(jax.devices()) == 1
+        # One CPU device per process (in a multi-process run, each process plays its share).
+        one_cpu = jax.default_backend() == "cpu" and len(jax.local_devices()) == 1
         backend = "native" if one_cpu and isinstance(env, Ant) else "mjx"
     if backend == "mjx" or isinstance(env, NativeAnt):
         return env
