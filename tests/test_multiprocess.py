@@ -1,6 +1,6 @@
 """EPVF across processes (`jax.distributed`, Gloo on CPU): 2 processes with 1 device each match
-1 process with 2 devices and 1 device, a killed process stops the others, and a 2-process run
-resumes in 1 process.
+1 process with 2 devices and 1 device, a killed process stops the others, and a run resumes on
+another process count (2 -> 1 and 1 -> 2).
 
 Every run is a subprocess (this file run as a script); the multi-process ones are started by
 `python -m nfn_rl.launch`, as a user would.
@@ -173,17 +173,23 @@ def test_two_processes_match_two_devices_and_one(runs):
     _assert_close(processes["metrics"], one["metrics"], rtol=1e-5)
 
 
-def test_two_process_run_resumes_in_one_process(runs):
+def test_resumes_across_process_counts(runs):
     root, results = runs
-    # The halfway copy holds the checkpoint at iteration 3 and its 3 rows.
-    resumed_dir = root / "resumed"
-    shutil.copytree(root / "processes" / "halfway", resumed_dir / "run")
-    resumed = _result(_start(resumed_dir, mode="resume"))
-    assert (resumed["processes"], resumed["devices"]) == (1, 1)
-    assert resumed["run_ids"] == results["processes"]["run_ids"]
-    # The same tolerance as 1 device against 2 processes, for the same reason.
-    _assert_close(resumed["metrics"], results["one"]["metrics"], rtol=1e-5)
-    _assert_close(resumed["metrics"], results["processes"]["metrics"], rtol=1e-5)
+    # The halfway copies hold the checkpoint at iteration 3 and its 3 rows: the 2-process run's
+    # resumes in 1 process, the 1-device run's in 2 processes, at once.
+    for source, target in (("processes", "in_one"), ("one", "in_two")):
+        shutil.copytree(root / source / "halfway", root / target / "run")
+    in_one = _start(root / "in_one", mode="resume")
+    in_two = _start(root / "in_two", processes=2, mode="resume")
+    in_one, in_two = _result(in_one), _result(in_two)
+    assert (in_one["processes"], in_one["devices"]) == (1, 1)
+    assert (in_two["processes"], in_two["devices"]) == (2, 2)
+    assert in_one["run_ids"] == results["processes"]["run_ids"]
+    assert in_two["run_ids"] == results["one"]["run_ids"]
+    # The tolerance of 1 device against 2 processes, for the same reason.
+    for resumed in (in_one, in_two):
+        _assert_close(resumed["metrics"], results["one"]["metrics"], rtol=1e-5)
+        _assert_close(resumed["metrics"], results["processes"]["metrics"], rtol=1e-5)
 
 
 def test_killing_a_process_stops_the_others(tmp_path):
