@@ -217,5 +217,31 @@ def test_killing_a_process_stops_the_others(tmp_path):
     assert time.monotonic() - killed_at < 10 * HEARTBEAT_S + 30
 
 
+def test_launcher_sets_each_process_and_refuses_no_processes(capsys):
+    from nfn_rl import launch
+
+    environments = launch.process_environments(3, 1234, 7, base={"KEPT": "1"})
+    assert [e["JAX_PROCESS_ID"] for e in environments] == ["0", "1", "2"]
+    for e in environments:
+        assert e["JAX_COORDINATOR_ADDRESS"] == "127.0.0.1:1234"
+        assert (e["JAX_NUM_PROCESSES"], e["NFN_RL_HEARTBEAT_TIMEOUT_S"], e["KEPT"]) == (
+            "3",
+            "7",
+            "1",
+        )
+    with pytest.raises(SystemExit):
+        launch.main(["--processes", "0", "script.py"])
+    assert "--processes: must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_a_single_process_joins_nothing(monkeypatch):
+    import nfn_rl
+
+    for name in ("JAX_COORDINATOR_ADDRESS", "SLURM_STEP_NUM_TASKS", "OMPI_MCA_orte_hnp_uri"):
+        monkeypatch.delenv(name, raising=False)
+    assert nfn_rl.initialize_distributed() is False
+    assert nfn_rl.is_main_process()
+
+
 if __name__ == "__main__":
     _script(sys.argv[1], sys.argv[2])

@@ -25,8 +25,10 @@ HEARTBEAT_VARIABLE = "NFN_RL_HEARTBEAT_TIMEOUT_S"
 
 DEFAULT_HEARTBEAT_TIMEOUT_S = 20
 # Environments that `jax.distributed.initialize()` recognises by itself, by one variable each:
-# SLURM (with more than one task) and Open MPI.
-_SLURM_TASKS = "SLURM_NTASKS"
+# a SLURM job step (`srun`) of more than one task, and Open MPI. The step's own count, not the
+# job's: a script started without `srun` inside a many-task allocation is one process, and
+# joining would wait for tasks that never start.
+_SLURM_TASKS = "SLURM_STEP_NUM_TASKS"
 _OPEN_MPI = "OMPI_MCA_orte_hnp_uri"
 
 
@@ -45,10 +47,10 @@ def initialize_distributed() -> bool:
 
     Call it first, before anything computes with JAX. It joins through `jax.distributed`:
     with the variables `nfn_rl.launch` sets (`JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES`,
-    `JAX_PROCESS_ID`), or under SLURM (more than one task) or Open MPI, whose variables JAX
-    reads itself. Anywhere else it does nothing and training uses this process's devices. A
-    process that stops answering for `NFN_RL_HEARTBEAT_TIMEOUT_S` seconds (default 20) makes
-    every other process exit with an error instead of waiting for it.
+    `JAX_PROCESS_ID`), or in a SLURM job step (`srun`) of more than one task or under Open MPI,
+    whose variables JAX reads itself. Anywhere else it does nothing and training uses this
+    process's devices. A process that stops answering for `NFN_RL_HEARTBEAT_TIMEOUT_S` seconds
+    (default 20) makes every other process exit with an error instead of waiting for it.
     """
     if jax.distributed.is_initialized():
         return True
