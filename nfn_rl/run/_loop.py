@@ -255,6 +255,7 @@ def run_training(
                 for d in dirs:
                     if not (d / "returns.png").is_file():
                         plot_returns(read_metrics(d / "metrics.csv"), d / "returns.png")
+            barrier("nfn_rl.run_training.written")
             return states
         states = jax.tree.map(jnp.copy, states)
     else:
