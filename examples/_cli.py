@@ -52,11 +52,18 @@ def parse(
 
 def run(main: Callable[[], None]) -> None:
     """`main()`, with a bad value or an unusable run directory reported in one line naming the
-    field or file; `--debug` (or `NFN_RL_DEBUG=1`) shows the traceback instead."""
+    field or file; `--debug` (or `NFN_RL_DEBUG=1`) shows the traceback instead.
+
+    Under `python -m nfn_rl.launch`, SLURM or Open MPI the script first joins the other
+    processes (`nfn_rl.initialize_distributed`); they all compute alike, and only process 0
+    prints its report.
+    """
     debug = "--debug" in sys.argv or os.environ.get("NFN_RL_DEBUG") == "1"
     if "--debug" in sys.argv:
         sys.argv.remove("--debug")
     try:
+        if nfn_rl.initialize_distributed() and not nfn_rl.is_main_process():
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (open until the process ends)
         main()
     except (ValueError, FileNotFoundError) as error:
         if debug:

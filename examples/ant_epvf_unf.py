@@ -99,6 +99,9 @@ def save_pictures(run: Path) -> None:
     if not isinstance(trainer.env, envs.Ant) or not isinstance(policy, eqx.nn.MLP):
         return
     trajectory = envs.record_episode(trainer.env, policy)
+    # Every process of a multi-process run computes the episode alike; one writes it.
+    if not nfn_rl.is_main_process():
+        return
     try:
         envs.save_episode_animation(trainer.env, trajectory, run / "episode.gif")
     except envs.RenderingUnavailable as error:

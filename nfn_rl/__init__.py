@@ -43,5 +43,7 @@ from nfn_rl.run import FIFOBuffer as FIFOBuffer
 from nfn_rl.run import Trainer as Trainer
 from nfn_rl.run import TrainState as TrainState
 from nfn_rl.run import enable_compilation_cache as enable_compilation_cache
+from nfn_rl.run import initialize_distributed as initialize_distributed
+from nfn_rl.run import is_main_process as is_main_process
 from nfn_rl.run import make_buffer as make_buffer
 from nfn_rl.run import read_metrics as read_metrics

@@ -67,8 +67,8 @@ def test_backend_chooses_the_ant_simulator():
 
     smoke = nfn_rl.ant_config("smoke")
     assert smoke.backend == "auto"
-    # "auto" is MuJoCo's C engine on one CPU device, MJX elsewhere.
-    one_cpu = jax.default_backend() == "cpu" and len(jax.devices()) == 1
+    # "auto" is MuJoCo's C engine on one CPU device (per process), MJX elsewhere.
+    one_cpu = jax.default_backend() == "cpu" and len(jax.local_devices()) == 1
     auto = nfn_rl.make_trainer(smoke).env
     assert isinstance(auto, nfn_rl.envs.NativeAnt) == one_cpu
     mjx = nfn_rl.make_trainer(dataclasses.replace(smoke, backend="mjx")).env

@@ -58,9 +58,11 @@ def test_layers_import_only_from_below(layer):
         assert imported <= ALLOWED[layer], (module.name, imported - ALLOWED[layer])
 
 
-def test_package_has_only_the_four_layers_and_the_entry_point():
+def test_package_has_only_the_four_layers_the_entry_point_and_the_launcher():
     modules = {p.name for p in PACKAGE.glob("*.py")}
-    assert modules == {"__init__.py", "_api.py"}
+    assert modules == {"__init__.py", "_api.py", "launch.py"}
+    # The launcher starts processes and never JAX: it imports nothing of the package.
+    assert _package_imports(PACKAGE / "launch.py") == set()
     assert {p.name for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__"} == set(
         ALLOWED
     )

@@ -221,6 +221,6 @@ def make_ppo(config: PPOConfig, env: Environment) -> PPOTrainer:
     return PPOTrainer(
         config=config,
         env=env,
-        mesh=default_device_mesh(),
+        mesh=default_device_mesh("PPO"),
         networks_static=static_part(lambda key: _build(config, env, key)),
     )

@@ -257,7 +257,7 @@ def make_sac(config: SACConfig, env: Environment) -> SACTrainer:
     return SACTrainer(
         config=config,
         env=env,
-        mesh=default_device_mesh(),
+        mesh=default_device_mesh("SAC"),
         actor_static=static_part(lambda key: _build_actor(config, env, key)),
         critic_static=static_part(lambda key: _build_critic(config, env, key)),
         replay_capacity=capacity,

@@ -199,7 +199,8 @@ class Ant(Environment):
         if horizon < 1:
             raise ValueError(f"horizon must be positive, got {horizon}")
         mj_model, home_qpos, home_control = _load_mj_model(variant)
-        self.model = mjx.put_model(mj_model)
+        # This process's own device: MJX's default, `jax.devices()[0]`, is process 0's.
+        self.model = mjx.put_model(mj_model, device=jax.local_devices()[0])
         self.home_qpos = jnp.asarray(home_qpos, jnp.float32)
         self.home_control = jnp.asarray(home_control, jnp.float32)
         self.variant = variant

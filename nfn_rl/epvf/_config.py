@@ -76,8 +76,8 @@ class EPVFConfig(TrainConfig):
             permutations of hidden neurons. UNF critics only.
         backend: how the Ant's episodes are simulated: "mjx" (jitted MJX, for accelerators),
             "native" (MuJoCo's C engine on the host's threads, `nfn_rl.envs.NativeAnt`), or
-            "auto": native when JAX runs on one CPU device, MJX otherwise. Other environments
-            are JAX code and ignore it ("native" is refused for them).
+            "auto": native when JAX runs on one CPU device (per process), MJX otherwise. Other
+            environments are JAX code and ignore it ("native" is refused for them).
     """
 
     algo: ClassVar[str] = "epvf"

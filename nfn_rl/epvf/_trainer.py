@@ -105,8 +105,9 @@ def _critic_optimizer(config: EPVFConfig) -> optax.GradientTransformation:
 class EPVFTrainer(Trainer):
     """EPVF for one config and environment (build with `nfn_rl.make_trainer`).
 
-    `mesh` is a 1-D mesh over all devices (axis `"envs"`): the rollouts and the critic batches
-    are split evenly across it, everything else is replicated.
+    `mesh` is a 1-D mesh over all devices (axis `"envs"`), of every process in a multi-process
+    run: the rollouts and the critic batches are split evenly across it, everything else is
+    replicated.
     """
 
     config: EPVFConfig = eqx.field(static=True)
@@ -166,9 +167,38 @@ class EPVFTrainer(Trainer):
     def _returns(
         self, params: PyTree[Array], keys: Key[Array, " n"]
     ) -> tuple[Int[Array, " n"], Float[Array, " n"]]:
+        if isinstance(self.env, NativeAnt):
+            return self._returns_on_each_device(params, keys)
+        return self._episodes(self.env, params, keys)
+
+    def _episodes(
+        self, env: Environment, params: PyTree[Array], keys: Key[Array, " n"]
+    ) -> tuple[Int[Array, " n"], Float[Array, " n"]]:
         return jax.vmap(
-            lambda p, k: episode_length_and_return(self.env, eqx.combine(p, self.policy_static), k)
+            lambda p, k: episode_length_and_return(env, eqx.combine(p, self.policy_static), k)
         )(params, keys)
+
+    def _returns_on_each_device(
+        self, params: PyTree[Array], keys: Key[Array, " n"]
+    ) -> tuple[Int[Array, " n"], Float[Array, " n"]]:
+        """`_episodes`, with each device's share of the episodes played by its own host call.
+
+        The native Ant runs on the host through a callback, which the compiler would otherwise
+        place on the first device alone, gathering every episode there: across processes, each
+        process now plays its own devices' episodes on its own CPU.
+        """
+        env_arrays, env_static = eqx.partition(self.env, eqx.is_array)
+
+        def on_device(env_arrays, params, keys):
+            return self._episodes(eqx.combine(env_arrays, env_static), params, keys)
+
+        split = PartitionSpec(ENVS_AXIS)
+        return jax.shard_map(
+            on_device,
+            mesh=self.mesh,
+            in_specs=(PartitionSpec(), split, split),
+            out_specs=(split, split),
+        )(env_arrays, params, keys)
 
     def collect(
         self, state: EPVFState, *, key: PRNGKeyArray
@@ -295,13 +325,16 @@ def _device_mesh(config: EPVFConfig) -> Mesh:
     since each device takes an equal part of them.
     """
     devices = jax.devices()
+    # Across processes the devices are every process's: each process takes its devices' part.
+    processes = jax.process_count()
+    across = f" over {processes} processes" if processes > 1 else ""
     for name in ("num_envs", "batch_size"):
         value = getattr(config, name)
         if value % len(devices):
             raise ValueError(
                 f"EPVFConfig.{name}={value} must be a multiple of the number of devices "
-                f"({len(devices)}), which share it evenly; set {name} to a multiple of "
-                f"{len(devices)} or limit the visible devices"
+                f"({len(devices)}){across}, which share it evenly; set {name} to a multiple of "
+                f"{len(devices)} or use fewer devices or processes"
             )
     # Auto axes: the shardings are constraints on the computation, and the compiler places the
     # rest (the default of `jax.make_mesh`, explicit axes, would type every array by sharding).
@@ -321,8 +354,9 @@ def make_epvf(config: EPVFConfig, env: Environment | None = None) -> EPVFTrainer
         env = make_env(config.env, config.horizon)
     env = _with_backend(config, env)
     # Arrays committed to one device (MJX puts its model on the default device) cannot enter a
-    # computation across several.
+    # computation across several; they go through the host, where every process has them.
     env_arrays, env_static = eqx.partition(env, eqx.is_array)
+    env_arrays = jax.tree.map(np.asarray, env_arrays)
     env = eqx.combine(jax.device_put(env_arrays, NamedSharding(mesh, PartitionSpec())), env_static)
 
     def build(key):
@@ -351,7 +385,8 @@ def _with_backend(config: EPVFConfig, env: Environment) -> Environment:
     """`env`, as a `NativeAnt` where `config.backend` asks for MuJoCo's C engine."""
     backend = config.backend
     if backend == "auto":
-        one_cpu = jax.default_backend() == "cpu" and len(jax.devices()) == 1
+        # One CPU device per process (in a multi-process run, each process plays its share).
+        one_cpu = jax.default_backend() == "cpu" and len(jax.local_devices()) == 1
         backend = "native" if one_cpu and isinstance(env, Ant) else "mjx"
     if backend == "mjx" or isinstance(env, NativeAnt):
         return env

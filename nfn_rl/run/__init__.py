@@ -1,5 +1,6 @@
 """What every trainer shares: the abstract `Trainer`, the config convention, the host loop,
-checkpoints, metrics files, the FIFO buffer and the non-finite-step guard."""
+checkpoints, metrics files, the FIFO buffer, the non-finite-step guard, and joining the processes
+of a multi-process run."""
 
 from nfn_rl.run._buffer import FIFOBuffer as FIFOBuffer
 from nfn_rl.run._buffer import make_buffer as make_buffer
@@ -9,6 +10,8 @@ from nfn_rl.run._checkpoint import CheckpointError as CheckpointError
 from nfn_rl.run._checkpoint import load_checkpoint as load_checkpoint
 from nfn_rl.run._checkpoint import read_header as read_header
 from nfn_rl.run._config import TrainConfig as TrainConfig
+from nfn_rl.run._distributed import initialize_distributed as initialize_distributed
+from nfn_rl.run._distributed import is_main_process as is_main_process
 from nfn_rl.run._loop import RUN_FILES as RUN_FILES
 from nfn_rl.run._loop import RunDirectoryError as RunDirectoryError
 from nfn_rl.run._loop import holds_run as holds_run

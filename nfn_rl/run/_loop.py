@@ -4,13 +4,16 @@ iterations, one run directory per seed (`config.json`, `metrics.csv`, `checkpoin
 
 A run directory holds one run: a fresh run refuses a directory that holds one, every metrics
 row carries its run's id, and a resume keeps exactly that run's rows, rebuilding missing ones by
-replaying the run from its start."""
+replaying the run from its start.
+
+Across processes (`nfn_rl.initialize_distributed`) every process runs this loop alike on the
+one global state; only process 0 writes the files, each one atomically. The run directory must
+be on a file system every process sees: a resume reads the checkpoint in every process."""
 
 import datetime
 import math
 import os
 import time
-import uuid
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,11 +26,21 @@ from jaxtyping import Array, Int, PyTree
 from tqdm.auto import tqdm
 
 from nfn_rl.run._checkpoint import load_checkpoint, nfn_version, save_checkpoint
+from nfn_rl.run._distributed import barrier, host_values, is_main_process, new_run_ids
 from nfn_rl.run._report import METRIC_COLUMNS, append_metrics, plot_returns, read_metrics
 from nfn_rl.run._trainer import Trainer
 
-RUN_FILES = ("config.json", "metrics.csv", "checkpoint.eqx", "checkpoint.eqx.tmp", "returns.png")
-"""The files a run writes in its directory."""
+RUN_FILES = (
+    "config.json",
+    "metrics.csv",
+    "checkpoint.eqx",
+    "returns.png",
+    "config.json.tmp",
+    "metrics.csv.tmp",
+    "checkpoint.eqx.tmp",
+    "returns.png.tmp",
+)
+"""The files a run writes in its directory (each through its `.tmp`, then renamed)."""
 
 # The columns the trainer's metrics fill (the host adds the run id, iteration, steps and time).
 _TRAINER_COLUMNS = METRIC_COLUMNS[4:]
@@ -92,11 +105,19 @@ def run_chunk(
 
 
 def _stack(trees: list[PyTree]) -> PyTree:
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+    # On the host: `Trainer.place` then puts the stack on every process's devices.
+    return jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *trees)
 
 
 def _seed_state(states: PyTree, index: int) -> PyTree:
-    return jax.tree.map(lambda x: np.asarray(x[index]), states)
+    """Seed number `index` of host `states` (see `host_values`)."""
+    return jax.tree.map(lambda x: x[index], states)
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def _fresh_states(trainer: Trainer, seeds: tuple[int, ...]) -> PyTree:
@@ -156,12 +177,12 @@ def _replay_rows(trainer, seeds, run_ids, done, loaded_states) -> list[list[dict
     nan_walls = [math.nan] * config.log_interval
     for start in range(0, done, config.log_interval):
         states, metrics = run_chunk(trainer, states, jnp.asarray(start, jnp.int32))
-        metrics = jax.device_get(metrics)
+        metrics = host_values(metrics)
         for s, run_id in enumerate(run_ids):
             chunk = _rows(metrics, s, start, run_id, env_steps[s], nan_walls)
             env_steps[s] = chunk[-1]["env_steps"]
             rows[s] += chunk
-    replayed, stored = jax.device_get((states, loaded_states))
+    replayed, stored = host_values((states, loaded_states))
     for a, b in zip(jax.tree.leaves(replayed), jax.tree.leaves(stored), strict=True):
         if not np.array_equal(a, b):
             raise RunDirectoryError(
@@ -192,11 +213,15 @@ def run_training(
     checkpoint's run up to the checkpoint and rebuilds any that are missing by replaying the
     run from its start; a finished run resumed trains nothing and loses nothing. A seed's
     metrics and state do not depend on which other seeds train beside it.
+
+    In a multi-process run every process calls this alike; process 0 alone writes the files
+    (and shows the progress bar), and every process checks the run directory before it does.
     """
     config = trainer.config
     seeds = _check_seeds(seeds)
     dirs = run_dirs(out_dir, seeds)
     config_json = config.to_json()
+    writer = is_main_process()
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other: continue a run or replace it")
     if resume:
@@ -218,40 +243,52 @@ def run_training(
         env_steps = [header["env_steps"] for _, header in loaded]
         wall_offset = max(header["wall_s"] for _, header in loaded)
         kept = [_kept_rows(d, run_id, done) for d, run_id in zip(dirs, run_ids, strict=True)]
+        # Every process has read the files before process 0 rewrites them.
+        barrier("nfn_rl.run_training.resume_read")
         if any(len(rows) < done for rows in kept):
             kept = _replay_rows(trainer, seeds, run_ids, done, states)
-        for d, rows in zip(dirs, kept, strict=True):
-            append_metrics(d / "metrics.csv", rows, fresh=True)
+        if writer:
+            for d, rows in zip(dirs, kept, strict=True):
+                append_metrics(d / "metrics.csv", rows, fresh=True)
         if done == config.iterations:
-            for d in dirs:
-                if not (d / "returns.png").is_file():
-                    plot_returns(read_metrics(d / "metrics.csv"), d / "returns.png")
+            if writer:
+                for d in dirs:
+                    if not (d / "returns.png").is_file():
+                        plot_returns(read_metrics(d / "metrics.csv"), d / "returns.png")
+            barrier("nfn_rl.run_training.written")
             return states
         states = jax.tree.map(jnp.copy, states)
     else:
         for d in dirs:
-            if holds_run(d):
-                if not overwrite:
-                    raise RunDirectoryError(
-                        f"{d} holds a run already: resume it (resume=True, --resume) or replace "
-                        "it (overwrite=True, --overwrite)"
-                    )
-                _move_aside(d)
+            if holds_run(d) and not overwrite:
+                raise RunDirectoryError(
+                    f"{d} holds a run already: resume it (resume=True, --resume) or replace "
+                    "it (overwrite=True, --overwrite)"
+                )
+        # Every process has checked the directories before process 0 changes them.
+        barrier("nfn_rl.run_training.fresh_checked")
+        if writer:
+            for d in dirs:
+                if holds_run(d):
+                    _move_aside(d)
+                d.mkdir(parents=True, exist_ok=True)
+                append_metrics(d / "metrics.csv", [], fresh=True)
         states = _fresh_states(trainer, seeds)
-        run_ids = [uuid.uuid4().hex for _ in seeds]
+        # One run id for all processes: process 0's.
+        run_ids = new_run_ids(len(seeds))
         env_steps, wall_offset, done = [0] * len(seeds), 0.0, 0
+    if writer:
         for d in dirs:
-            d.mkdir(parents=True, exist_ok=True)
-            append_metrics(d / "metrics.csv", [], fresh=True)
-    for d in dirs:
-        (d / "config.json").write_text(config_json + "\n")
+            _write_text(d / "config.json", config_json + "\n")
 
-    bar = tqdm(total=config.iterations, initial=done, unit="it", desc=desc) if progress else None
+    bar = None
+    if progress and writer:
+        bar = tqdm(total=config.iterations, initial=done, unit="it", desc=desc)
     start, wall = time.perf_counter(), wall_offset
     warned = False
     while done < config.iterations:
         states, metrics = run_chunk(trainer, states, jnp.asarray(done, jnp.int32))
-        metrics = jax.device_get(metrics)
+        metrics = host_values(metrics)
         previous_wall, wall = wall, wall_offset + time.perf_counter() - start
         # One timing per chunk; iterations inside it are spread evenly.
         walls = [
@@ -262,9 +299,10 @@ def run_training(
         for s, d in enumerate(dirs):
             rows = _rows(metrics, s, done, run_ids[s], env_steps[s], walls)
             env_steps[s] = rows[-1]["env_steps"]
-            append_metrics(d / "metrics.csv", rows)
+            if writer:
+                append_metrics(d / "metrics.csv", rows)
             chunk_rows.append(rows)
-        if not warned and _critic_never_stepped(metrics):
+        if writer and not warned and _critic_never_stepped(metrics):
             warned = True
             warnings.warn(
                 f"{desc}: every critic step of iterations {done}-{done + config.log_interval - 1}"
@@ -278,6 +316,7 @@ def run_training(
             bar.update(config.log_interval)
             bar.set_postfix(_progress(metrics, chunk_rows, wall - previous_wall))
         if done % config.checkpoint_interval == 0 or done == config.iterations:
+            host_states = host_values(states)
             for s, (seed, d) in enumerate(zip(seeds, dirs, strict=True)):
                 header = {
                     "config": config.to_dict(),
@@ -290,13 +329,17 @@ def run_training(
                     "env_steps": env_steps[s],
                     "wall_s": wall,
                 }
-                save_checkpoint(d / "checkpoint.eqx", _seed_state(states, s), header)
+                if writer:
+                    save_checkpoint(d / "checkpoint.eqx", _seed_state(host_states, s), header)
         if on_chunk is not None:
             on_chunk(done)
     if bar is not None:
         bar.close()
-    for d in dirs:
-        plot_returns(read_metrics(d / "metrics.csv"), d / "returns.png")
+    if writer:
+        for d in dirs:
+            plot_returns(read_metrics(d / "metrics.csv"), d / "returns.png")
+    # No process returns (and perhaps reads the files) before process 0 has written them.
+    barrier("nfn_rl.run_training.written")
     return states
 
 

@@ -141,6 +141,14 @@ def static_part(build: Callable[[PRNGKeyArray], PyTree]) -> PyTree:
     return eqx.filter(shapes, lambda x: isinstance(x, jax.ShapeDtypeStruct), inverse=True)
 
 
-def default_device_mesh() -> Mesh:
-    """A mesh of the default device alone, for trainers that run on one device."""
+def default_device_mesh(algorithm: str = "this trainer") -> Mesh:
+    """A mesh of the default device alone, for trainers that run on one device.
+
+    Raises a ValueError in a multi-process run: the other processes would have no part in it.
+    """
+    if jax.process_count() > 1:
+        raise ValueError(
+            f"{algorithm} trains on one device and does not run across processes "
+            f"({jax.process_count()} joined): run it as a single process"
+        )
     return Mesh(np.array(jax.devices()[:1]), ("devices",))
