@@ -60,7 +60,7 @@ def _kill(children: list[subprocess.Popen]) -> None:
 
 
 def launch(
-    command: list[str], *, processes: int, port: int | None = None, heartbeat_timeout_s: int = 20
+    command: list[str], *, processes: int, port: int | None = None, heartbeat_timeout_s: int = 60
 ) -> int:
     """Run `command` as `processes` joined processes; their exit code (the first failure's,
     else 0)."""
@@ -112,8 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--heartbeat-timeout",
         type=int,
-        default=20,
-        help="seconds after which a silent process counts as dead (default: 20)",
+        default=60,
+        help="seconds after which a silent process counts as dead (default: 60)",
     )
     parser.add_argument("script", help="the Python script every process runs")
     parser.add_argument("args", nargs=argparse.REMAINDER, help="the script's arguments")

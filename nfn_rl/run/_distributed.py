@@ -23,7 +23,9 @@ HEARTBEAT_VARIABLE = "NFN_RL_HEARTBEAT_TIMEOUT_S"
 `host:port`, the process count and this process's index), and the heartbeat timeout in seconds
 (after which the others learn that a silent process died)."""
 
-DEFAULT_HEARTBEAT_TIMEOUT_S = 20
+# JAX's own default is 100 s. Shorter stops the others sooner after a hang; much shorter
+# declares a process starved of CPU dead (5 s did, on a 2-core machine at load 13).
+DEFAULT_HEARTBEAT_TIMEOUT_S = 60
 # Environments that `jax.distributed.initialize()` recognises by itself, by one variable each:
 # a SLURM job step (`srun`) of more than one task, and Open MPI. The step's own count, not the
 # job's: a script started without `srun` inside a many-task allocation is one process, and
@@ -50,7 +52,7 @@ def initialize_distributed() -> bool:
     `JAX_PROCESS_ID`), or in a SLURM job step (`srun`) of more than one task or under Open MPI,
     whose variables JAX reads itself. Anywhere else it does nothing and training uses this
     process's devices. A process that stops answering for `NFN_RL_HEARTBEAT_TIMEOUT_S` seconds
-    (default 20) makes every other process exit with an error instead of waiting for it.
+    (default 60) makes every other process exit with an error instead of waiting for it.
     """
     if jax.distributed.is_initialized():
         return True
