@@ -43,8 +43,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         **ANT_TASKS["cpu"],
         # The paper's regime: at least 2048 perturbed policies per iteration (envs = batch =
         # buffer). What makes it affordable on a CPU: the native MuJoCo backend, 5 critic steps
-        # and a small UNF critic without its layer norm, which keeps the critic under 30% of an
-        # iteration (`benchmarks/epvf_throughput.py --preset cpu`: 28.8% measured).
+        # and a small UNF critic without its layer norm, which keeps the critic near 30% of an
+        # iteration (`benchmarks/epvf_throughput.py --preset cpu`: 31-33%, docs/epvf.md).
         num_envs=2048,
         iterations=120,
         critic_steps=5,
