@@ -8,7 +8,14 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
-from nfn._basis import LETTERS, default_float, expand_partition, fold, normal_arrays, unfold
+from nfn._basis import (
+    LETTERS,
+    default_float,
+    expand_partition,
+    fold_features,
+    normal_arrays,
+    unfold,
+)
 from nfn._partitions import Partition
 from nfn._spec import LeafSpace, WeightSpace
 
@@ -189,12 +196,7 @@ class EquivariantAttention(eqx.Module):
         return self.heads * self.head_size
 
     def _fold(self, features) -> list[Array]:
-        leaves = self.space.flatten(features, channels=True)
-        if leaves and leaves[0].shape[-1] != self.in_channels:
-            raise ValueError(
-                f"features have {leaves[0].shape[-1]} channels, layer expects {self.in_channels}"
-            )
-        return [fold(leaf, x) for leaf, x in zip(self.space, leaves)]
+        return fold_features(self.space, features, self.in_channels)
 
     def tokens(self, features: PyTree[Float[Array, "..."]]) -> dict[int, Array]:
         """The tokens before projection: for each id, one row per neuron (pieces concatenated

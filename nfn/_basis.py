@@ -28,6 +28,16 @@ def fold(leaf: LeafSpace, x: Float[Array, "*shape channels"]) -> Float[Array, "*
     return x.reshape((*leaf.permuted_shape, -1))
 
 
+def fold_features(space: WeightSpace, features, in_channels: int) -> list[Array]:
+    """Every leaf of `features` folded (`fold`), after checking its channel count."""
+    leaves = space.flatten(features, channels=True)
+    if leaves and leaves[0].shape[-1] != in_channels:
+        raise ValueError(
+            f"features have {leaves[0].shape[-1]} channels, layer expects {in_channels}"
+        )
+    return [fold(leaf, x) for leaf, x in zip(space, leaves)]
+
+
 def unfold(leaf: LeafSpace, y: Float[Array, "*permuted folded"]) -> Float[Array, "*shape channels"]:
     """Inverse of `fold`."""
     fixed_shape = tuple(leaf.shape[k] for k in leaf.fixed_positions)

@@ -15,7 +15,7 @@ from nfn._basis import (
     block_sizes,
     default_float,
     expand_partition,
-    fold,
+    fold_features,
     normal_arrays,
     subscripts,
     unfold,
@@ -391,13 +391,7 @@ class EquivariantLinear(eqx.Module):
         return self._expand(accumulators)
 
     def _fold(self, features) -> list[Array]:
-        """Check the features and fold each leaf's fixed axes into its channels."""
-        leaves = self.space.flatten(features, channels=True)
-        if leaves and leaves[0].shape[-1] != self.in_channels:
-            raise ValueError(
-                f"features have {leaves[0].shape[-1]} channels, layer expects {self.in_channels}"
-            )
-        return [fold(leaf, x) for leaf, x in zip(self.space, leaves)]
+        return fold_features(self.space, features, self.in_channels)
 
     def _pooled_terms(self, folded: list[Array]) -> list[list[Array]]:
         """The terms that keep no index, plus the bias: one matmul for all leaf pairs.

@@ -10,6 +10,7 @@ import math
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
 from hypothesis import strategies as st
 
@@ -178,3 +179,31 @@ def assert_close_scaled(a, b, rel=1e-5):
     a, b = np.asarray(a), np.asarray(b)
     scale = max(1.0, float(np.max(np.abs(a))))
     np.testing.assert_allclose(a, b, rtol=0, atol=rel * scale)
+
+
+def host_permutation(sizes: dict, seed: int) -> dict:
+    """A permutation per id (id -> size), drawn on the host: no compile."""
+    return {
+        g: jnp.asarray(np.random.default_rng([seed, g]).permutation(n)) for g, n in sizes.items()
+    }
+
+
+def max_abs(tree) -> float:
+    return max(float(np.max(np.abs(np.asarray(x)), initial=0.0)) for x in jax.tree.leaves(tree))
+
+
+def max_difference(a, b) -> float:
+    return max(
+        float(np.max(np.abs(np.asarray(x) - np.asarray(y)), initial=0.0))
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+    )
+
+
+@eqx.filter_jit
+def equivariance_pair(layer, space, out_space, x, perm):
+    """(g . f(x), f(g . x)), or (f(x), f(g . x)) when `out_space` is None; f runs once on both."""
+    ys = jax.vmap(layer)(nfn.stack([x, nfn.permute(space, x, perm, channels=True)]))
+    y, y_g = jax.tree.map(lambda v: v[0], ys), jax.tree.map(lambda v: v[1], ys)
+    if out_space is not None:
+        y = nfn.permute(out_space, y, perm, channels=True)
+    return y, y_g

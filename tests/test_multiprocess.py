@@ -18,20 +18,10 @@ import time
 
 import numpy as np
 import pytest
+import test_multidevice
 
 # The run of tests/test_multidevice.py, with a checkpoint halfway (the resume starts there).
-CONFIG = dict(
-    horizon=50,
-    num_envs=8,
-    batch_size=8,
-    iterations=6,
-    log_interval=3,
-    eval_interval=3,
-    eval_episodes=2,
-    checkpoint_interval=3,
-    policy_width=8,
-    critic_width=16,
-)
+CONFIG = {**test_multidevice.CONFIG, "checkpoint_interval": 3}
 SEED = 3
 HALFWAY = 3
 ROOT = pathlib.Path(__file__).parent.parent

@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from nfn_strategies import random_features, weight_spaces
+from nfn_strategies import (
+    equivariance_pair,
+    host_permutation,
+    max_abs,
+    max_difference,
+    random_features,
+    weight_spaces,
+)
 
 import nfn
 
@@ -27,34 +34,6 @@ def features_of(space, channels, seed, dtype=np.float64):
     return space.unflatten(
         [jnp.asarray(rng.standard_normal((*leaf.shape, channels)).astype(dtype)) for leaf in space]
     )
-
-
-def host_permutation(sizes, seed):
-    return {
-        g: jnp.asarray(np.random.default_rng([seed, g]).permutation(n)) for g, n in sizes.items()
-    }
-
-
-def max_abs(tree):
-    return max(float(np.max(np.abs(np.asarray(x)), initial=0.0)) for x in jax.tree.leaves(tree))
-
-
-def max_difference(a, b):
-    return max(
-        float(np.max(np.abs(np.asarray(x) - np.asarray(y)), initial=0.0))
-        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
-    )
-
-
-@eqx.filter_jit
-def equivariance_pair(layer, space, out_space, x, perm):
-    """(g . f(x), f(g . x)), or (f(x), f(g . x)) when `out_space` is None; f runs once."""
-    xs = nfn.stack([x, nfn.permute(space, x, perm, channels=True)])
-    ys = jax.vmap(layer)(xs)
-    y, y_g = jax.tree.map(lambda v: v[0], ys), jax.tree.map(lambda v: v[1], ys)
-    if out_space is not None:
-        y = nfn.permute(out_space, y, perm, channels=True)
-    return y, y_g
 
 
 def assert_equivariant(layer, space, x, perm, rel, out_space="same"):

@@ -9,36 +9,16 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from nfn_strategies import random_features, weight_spaces
+from nfn_strategies import (
+    equivariance_pair,
+    host_permutation,
+    max_abs,
+    max_difference,
+    random_features,
+    weight_spaces,
+)
 
 import nfn
-
-
-def host_permutation(sizes, seed):
-    return {
-        g: jnp.asarray(np.random.default_rng([seed, g]).permutation(n)) for g, n in sizes.items()
-    }
-
-
-def max_abs(tree):
-    return max(float(np.max(np.abs(np.asarray(x)), initial=0.0)) for x in jax.tree.leaves(tree))
-
-
-def max_difference(a, b):
-    return max(
-        float(np.max(np.abs(np.asarray(x) - np.asarray(y)), initial=0.0))
-        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
-    )
-
-
-@eqx.filter_jit
-def pair(layer, space, out_space, x, perm):
-    """(g . f(x), f(g . x)) with f run once on both."""
-    ys = jax.vmap(layer)(nfn.stack([x, nfn.permute(space, x, perm, channels=True)]))
-    y, y_g = jax.tree.map(lambda v: v[0], ys), jax.tree.map(lambda v: v[1], ys)
-    if out_space is not None:
-        y = nfn.permute(out_space, y, perm, channels=True)
-    return y, y_g
 
 
 class Encoded(eqx.Module):
@@ -72,12 +52,12 @@ def test_encodings_keep_equivariance_in_float64(drawn, kind, channels, seed):
         x = jax.tree.map(jnp.asarray, random_features(params, channels, seed, np.float64))
         perm = host_permutation(space.sizes, seed)
         # The encoding alone, then followed by an equivariant layer: both equivariant.
-        y, y_g = pair(encoding, space, space, x, perm)
+        y, y_g = equivariance_pair(encoding, space, space, x, perm)
         for leaf, v in zip(space, space.flatten(y, channels=True)):
             assert v.shape == (*leaf.shape, width)
         assert max_difference(y, y_g) <= 1e-12 * max(1.0, max_abs(y))
         layer = nfn.EquivariantLinear(space, width, 2, dtype=jnp.float64, key=key)
-        y, y_g = pair(Encoded(encoding, layer), space, space, x, perm)
+        y, y_g = equivariance_pair(Encoded(encoding, layer), space, space, x, perm)
         assert max_abs(y) > 0
         assert max_difference(y, y_g) <= 1e-12 * max_abs(y)
 
@@ -106,7 +86,7 @@ def test_positions_make_np_layers_see_io_identity():
                 g: jnp.arange(np_space.sizes[g]) if h is None else drawn[h]
                 for g, h in as_hnp.items()
             }
-            y, y_g = pair(model, np_space, np_space, x, hidden)
+            y, y_g = equivariance_pair(model, np_space, np_space, x, hidden)
             assert max_difference(y, y_g) <= 1e-12 * max_abs(y)
             # Reversing the inputs and outputs: the NP layer alone does not notice, with the
             # encoding it does.
@@ -114,10 +94,10 @@ def test_positions_make_np_layers_see_io_identity():
                 **nfn.identity_permutation(np_space),
                 **{g: jnp.arange(np_space.sizes[g])[::-1] for g in io_ids},
             }
-            y, y_g = pair(model, np_space, np_space, x, io)
+            y, y_g = equivariance_pair(model, np_space, np_space, x, io)
             assert max_difference(y, y_g) > 1e-2 * max_abs(y)
             plain = nfn.EquivariantLinear(np_space, 1, 2, dtype=jnp.float64, key=jax.random.key(2))
-            y, y_g = pair(plain, np_space, np_space, x, io)
+            y, y_g = equivariance_pair(plain, np_space, np_space, x, io)
             assert max_difference(y, y_g) <= 1e-12 * max_abs(y)
 
 
