@@ -2,6 +2,7 @@
 their training (purejaxrl style: `train(key)` for one seed, vmapped over seeds, `lax.scan`
 over epochs) and the metrics."""
 
+import argparse
 import dataclasses
 from collections.abc import Callable
 from typing import Literal
@@ -65,6 +66,22 @@ ATTENTION_MODELS: tuple[str, ...] = (
     "UNF HNP",
     "UNF HNP + attention",
 )
+
+
+def add_comparison_flags(parser: argparse.ArgumentParser) -> None:
+    """`--attention` and `--symmetry`, the two comparisons the examples can run instead of the
+    five models (at most one at a time)."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--attention",
+        action="store_true",
+        help="compare the UNF encoders without and with attention (other models skipped)",
+    )
+    group.add_argument(
+        "--symmetry",
+        action="store_true",
+        help="compare UNF HNP plain, on canonicalised weights and with sign/scale augmentation",
+    )
 
 
 def leaf_scales(params: PyTree[Array]) -> list[Array]:

@@ -31,22 +31,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--zoo", type=Path, default=Path("zoo/cnn_zoo.npz"))
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument(
-        "--attention",
-        action="store_true",
-        help="compare the UNF encoders without and with attention (other models skipped)",
-    )
+    tasks.add_comparison_flags(parser)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--figure", type=Path, default=None)
-    parser.add_argument(
-        "--symmetry",
-        action="store_true",
-        help="compare UNF HNP plain, on canonicalised weights and with sign/scale augmentation",
-    )
     args = parser.parse_args()
-    if args.attention and args.symmetry:
-        parser.error("--attention and --symmetry are two different comparisons: pass one")
     start = time.perf_counter()
     if args.quick:
         zoo = nfn.zoo.generate_cnn_zoo(nfn.zoo.ZooConfig(num_networks=128, max_epochs=2))

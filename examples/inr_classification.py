@@ -52,25 +52,14 @@ def save_reconstructions(sirens, images, indices, path: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument(
-        "--attention",
-        action="store_true",
-        help="compare the UNF encoders without and with attention (other models skipped)",
-    )
+    tasks.add_comparison_flags(parser)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--independent-init", action="store_true")
     parser.add_argument(
-        "--symmetry",
-        action="store_true",
-        help="compare UNF HNP plain, on canonicalised weights and with sign/scale augmentation",
-    )
-    parser.add_argument(
         "--figure", type=str, default=None, help="write test digits next to their decoded INRs"
     )
     args = parser.parse_args()
-    if args.attention and args.symmetry:
-        parser.error("--attention and --symmetry are two different comparisons: pass one")
     start = time.perf_counter()
     x_train, y_train, x_test, y_test = nfn.zoo.load_digits_split(497, 0)
     if args.quick:
