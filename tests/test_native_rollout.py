@@ -29,7 +29,7 @@ import pytest
 
 from nfn_rl import make_policy, perturb_population
 from nfn_rl.envs import Ant, NativeAntRollout, NativeTrajectory
-from nfn_rl.envs._native import _mlp_forward, _unpack_policy
+from nfn_rl.envs._native import _MIN_OVERLAP_EPISODES, _mlp_forward, _unpack_policy
 
 HORIZON = 50
 POLICIES = 128
@@ -110,16 +110,48 @@ def test_returns_agree_statistically(both):
     np.testing.assert_array_equal(length, (~trajectory.done).sum(1) + 1)
 
 
-def test_deterministic_and_independent_of_thread_count_and_dropping():
+def test_deterministic_and_independent_of_thread_count_dropping_and_overlap():
     env = Ant("torque", horizon=HORIZON)
-    params, static = _population(env, 24)
+    # Enough policies for the overlapped path (two alternating halves of the batch).
+    params, static = _population(env, 2 * _MIN_OVERLAP_EPISODES)
     results = []
-    for threads, drop_done in ((1, True), (2, True), (2, True), (2, False)):
-        with NativeAntRollout(env, num_threads=threads, drop_done=drop_done) as native:
+    for threads, drop_done, overlap in (
+        (1, True, False),
+        (2, True, False),
+        (2, True, True),
+        (2, True, True),
+        (2, False, True),
+        (1, True, True),
+    ):
+        with NativeAntRollout(
+            env, num_threads=threads, drop_done=drop_done, overlap=overlap
+        ) as native:
             results.append(native.episode_lengths_and_returns(params, static))
     for length, ret in results[1:]:
         np.testing.assert_array_equal(length, results[0][0])
         np.testing.assert_array_equal(ret, results[0][1])
+
+
+@pytest.mark.parametrize("variant", ["torque", "position"])
+def test_overlapped_recording_matches_the_sequential_one(variant):
+    """The two halves of an overlapped call end at different steps (per-episode limits up to 12
+    in the first half, the full horizon in the second), and each writes only its own rows."""
+    env = Ant(variant, horizon=20)
+    num = 2 * _MIN_OVERLAP_EPISODES
+    params, static = _population(env, num)
+    max_steps = np.where(np.arange(num) < num // 2, 1 + np.arange(num) % 12, 20)
+    recorded = []
+    for overlap in (False, True):
+        with NativeAntRollout(env, num_threads=2, overlap=overlap) as native:
+            recorded.append(
+                native.episode_lengths_and_returns(params, static, max_steps=max_steps, record=True)
+            )
+    (length, ret, sequential), (length_o, ret_o, overlapped) = recorded
+    np.testing.assert_array_equal(length_o, length)
+    np.testing.assert_array_equal(ret_o, ret)
+    assert (length[: num // 2] <= 12).all() and length[num // 2 :].max() > 12
+    for field in ("observations", "qpos", "rewards", "done"):
+        np.testing.assert_array_equal(getattr(overlapped, field), getattr(sequential, field))
 
 
 def test_max_steps_and_record():

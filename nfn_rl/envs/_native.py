@@ -3,7 +3,7 @@
 `NativeAntRollout` computes what ``jax.vmap(episode_length_and_return)`` over an `Ant` computes, the
 episode length and undiscounted return of each of ``n`` differently parameterised policies, but
 steps the physics with MuJoCo's C engine (``mujoco.rollout``, float64, a persistent thread pool)
-instead of MJX: on 2 CPU cores about 2.2x as many env steps/s for the torque Ant at 2048 envs
+instead of MJX: on 2 CPU cores about 3x as many env steps/s for the torque Ant at 2048 envs
 (``benchmarks/rollout_backends.py``; docs/epvf.md, "Native CPU rollouts", has the table). It is
 host code: NumPy in, NumPy out, not jittable.
 
@@ -11,16 +11,20 @@ All ``n`` environments advance in lock-step. Each control step:
 
 1. the actions of all live policies, a batched matmul per layer in NumPy float32. NumPy, not a
    jitted ``jax.vmap`` of the policy: on 2 cores they take about the same time (2048 policies:
-   0.53 vs 0.55 ms for (32, 32) hidden layers, 2.3 vs 1.8 ms for (64, 64); the (32, 32) policy
-   is 7% of a torque-Ant control step, the physics 83%), and NumPy needs no compilation for the
-   shrinking batches that dropping finished episodes produces;
+   0.53 vs 0.55 ms for (32, 32) hidden layers, 2.3 vs 1.8 ms for (64, 64)), and NumPy needs no
+   compilation for the shrinking batches that dropping finished episodes produces;
 2. one ``Rollout.rollout`` call that advances every live environment ``env.n_substeps`` physics
    steps at that control;
 3. observation, reward and termination with the very functions the MJX env uses
    (`nfn_rl.envs._ant` writes them once for ``jax.numpy`` and ``numpy``), in float32 like MJX.
 
 Finished episodes are dropped from the batch (their physics is no longer stepped and, once the live
-batch has halved, their policies are no longer evaluated).
+batch has halved, their policies are no longer evaluated). From 64 episodes on, the batch is split
+in two halves that alternate, so that one half's physics (2) runs on the pool while this thread
+computes the other half's observations and actions (3, then 1): ``mujoco.rollout`` releases the
+GIL, and on 2 cores the host work otherwise leaves a core idle for about a third of each control
+step (2048 torque-Ant episodes, horizon 100: 587 instead of 664 ms; without the overlap the
+physics takes 66% of the time, the actions 17% and the observations and rewards 17%).
 
 Why the numbers differ from MJX: the Ant's MJCF asks for a single Newton iteration of the
 constraint solver, and MJX (float32) and the C engine (float64) compute that one unconverged step
@@ -30,8 +34,10 @@ distribution over many policies agrees (tests/test_native_rollout.py states the 
 tolerances).
 """
 
+import collections
 import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import equinox as eqx
 import jax
@@ -46,6 +52,8 @@ from nfn_rl.envs._ant import tracking_reward as _tracking_reward
 
 _FULLPHYSICS = mujoco.mjtState.mjSTATE_FULLPHYSICS.value
 _CTRL = mujoco.mjtState.mjSTATE_CTRL.value
+# Below this many episodes per call the physics is too short to hide the host work behind it.
+_MIN_OVERLAP_EPISODES = 64
 
 
 class NativeTrajectory(eqx.Module):
@@ -80,12 +88,22 @@ class NativeAntRollout:
     scratch, mutable host resources that must not be traced, copied or compared as pytree leaves.
     ``drop_done=False`` keeps stepping finished episodes (as the vmapped MJX rollout does) instead
     of dropping them from the batch; the results are the same, only slower (for benchmarks).
-    Release the pool with `close` or by using it as a context manager. Not thread-safe (one call at
-    a time). Results are deterministic for a given input, and do not depend on ``num_threads``
-    (each episode runs on one thread from a fully specified state).
+    ``overlap=False`` makes the host wait for the physics instead of overlapping the two (two
+    halves of the batch alternate, one's physics running while the other's observations and
+    actions are computed); again the same results, only slower. Release the pool with `close` or
+    by using it as a context manager. Not thread-safe (one call at a time). Results are
+    deterministic for a given input, and do not depend on ``num_threads``, ``drop_done`` or
+    ``overlap`` (each episode runs on one thread from a fully specified state).
     """
 
-    def __init__(self, env: Ant, num_threads: int | None = None, *, drop_done: bool = True):
+    def __init__(
+        self,
+        env: Ant,
+        num_threads: int | None = None,
+        *,
+        drop_done: bool = True,
+        overlap: bool = True,
+    ):
         if not isinstance(env, Ant):
             raise TypeError(f"NativeAntRollout needs an Ant env, got {type(env).__name__}")
         if num_threads is None:
@@ -105,6 +123,7 @@ class NativeAntRollout:
         self.action_scale = env.action_scale
         self.num_threads = num_threads
         self.drop_done = drop_done
+        self.overlap = overlap
         # Work items per thread and control step: a few balance the threads when one is slowed
         # down (by another process) at little scheduling cost; 1 to 40 measured alike on 2 cores.
         self._chunks_per_thread = 4
@@ -123,10 +142,13 @@ class NativeAntRollout:
         self._nq, self._nv = model.nq, model.nv
         self._pool = mj_rollout.Rollout(nthread=num_threads)
         self._thread_data = [mujoco.MjData(model) for _ in range(num_threads)]
+        # The one thread that issues physics calls while this one does the host work.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nfn-native")
 
     def close(self) -> None:
         """Stop the thread pool; the object cannot roll out afterwards."""
         if self._pool is not None:
+            self._executor.shutdown()
             self._pool.close()
             self._pool = None
 
@@ -170,108 +192,218 @@ class NativeAntRollout:
         episode_limit = np.minimum(np.broadcast_to(max_steps, (num,)), self.horizon)
         limit = int(episode_limit.max())
 
-        state = np.tile(self._home_state, (num, 1))
-        warmstart = np.zeros((num, self._nv))  # a fresh MjData's, as MJX's make_data
-        obs = np.tile(
-            _observation(
-                self._home_state[1 : 1 + self._nq].astype(np.float32),
-                np.zeros(self._nv, np.float32),
-                self._reset_control32,
-                self._home_qpos32,
-                np,
-            ),
-            (num, 1),
+        obs = _observation(
+            self._home_state[1 : 1 + self._nq].astype(np.float32),
+            np.zeros(self._nv, np.float32),
+            self._reset_control32,
+            self._home_qpos32,
+            np,
         )
         lengths = np.zeros(num, np.int32)
         returns = np.zeros(num, np.float64)
+        trajectory = None
         if record:
             trajectory = NativeTrajectory(
-                observations=np.empty((num, limit + 1, obs.shape[1]), np.float32),
+                observations=np.empty((num, limit + 1, obs.size), np.float32),
                 qpos=np.empty((num, limit + 1, self._nq)),
                 rewards=np.zeros((num, limit), np.float32),
                 done=np.ones((num, limit), bool),
             )
             trajectory.observations[:, 0] = obs
             trajectory.qpos[:, 0] = self._home_state[1 : 1 + self._nq]
-
-        finished = np.zeros(num, bool)
-        live = np.arange(num)  # the episodes stepped: the running ones (all if not drop_done)
-        evaluated = live  # the policies whose parameters `layers` holds, a superset of `live`
-        models = [self.model] * num
-        for step in range(limit):
-            actions = _mlp_forward(layers, activation, final_activation, obs[evaluated])
-            if evaluated.size != live.size:
-                actions = actions[np.searchsorted(evaluated, live)]
-            actions = np.clip(np.nan_to_num(actions), -1.0, 1.0)
-            if self.variant == "position":
-                ctrl = self._home_control32 + np.float32(self.action_scale) * actions
-            else:
-                ctrl = actions
-
-            start, start_warm = state[live], warmstart[live]
-            out = np.empty((live.size, self.n_substeps, self._nstate))
-            self._pool.rollout(
-                models[: live.size],
-                self._thread_data,
-                start,
-                np.repeat(ctrl[:, None].astype(np.float64), self.n_substeps, axis=1),
-                control_spec=_CTRL,
-                skip_checks=True,
-                nstep=self.n_substeps,
-                initial_warmstart=start_warm,
-                state=out,
-                chunk_size=max(1, live.size // (self._chunks_per_thread * self.num_threads)),
+        groups = 2 if self.overlap and num >= _MIN_OVERLAP_EPISODES else 1
+        bounds = np.linspace(0, num, groups + 1).astype(int)
+        batches = [
+            _EpisodeBatch(
+                self,
+                slice(lo, hi),
+                layers,
+                activation,
+                final_activation,
+                obs,
+                episode_limit,
+                lengths,
+                returns,
+                trajectory,
             )
-            new = out[:, -1]
-            # rollout() takes the solver's warmstart but does not return it. It is the last qacc,
-            # which the Euler step (eulerdamp off) turned into qvel += timestep * qacc, so it is
-            # recovered from the last two velocities (to float64 rounding).
-            before = out[:, -2] if self.n_substeps > 1 else start
-            qvel_slice = slice(1 + self._nq, 1 + self._nq + self._nv)
-            qacc = (new[:, qvel_slice] - before[:, qvel_slice]) / self.model.opt.timestep
-            finite = np.isfinite(new).all(axis=1) & np.isfinite(qacc).all(axis=1)
-            # Keep the last finite physics, as the MJX env does.
-            new = np.where(finite[:, None], new, start)
-            qacc = np.where(finite[:, None], qacc, start_warm)
-
-            qpos = new[:, 1 : 1 + self._nq].astype(np.float32)
-            qvel = new[:, qvel_slice].astype(np.float32)
-            velocity = _rotate_into_frame(qpos[:, 3:7], qvel[:, 0:3], np)
-            reward = np.where(finite, _tracking_reward(velocity[:, :2], np), np.float32(0.0))
-            done = _fallen(qpos[:, 2]) | ~finite | (step + 1 >= episode_limit[live])
-
-            state[live], warmstart[live] = new, qacc
-            running = ~finished[live]
-            counted = live[running]
-            obs[live] = _observation(qpos, qvel, ctrl, self._home_qpos32, np)
-            lengths[counted] += 1
-            returns[counted] += reward[running]
-            finished[counted] |= done[running]
-            if record:
-                trajectory.rewards[counted, step] = reward[running]
-                trajectory.done[counted, step] = done[running]
-                trajectory.observations[:, step + 1] = trajectory.observations[:, step]
-                trajectory.observations[counted, step + 1] = obs[counted]
-                trajectory.qpos[:, step + 1] = trajectory.qpos[:, step]
-                trajectory.qpos[counted, step + 1] = new[running, 1 : 1 + self._nq]
-
-            if finished.all():
-                break
-            if not self.drop_done:
-                continue
-            live = live[~done]
-            # Re-gathering the parameters costs a copy of them; doing it only when the live batch
-            # has halved bounds the wasted policy evaluations to the same factor of two.
-            if 2 * live.size <= evaluated.size:
-                keep = np.searchsorted(evaluated, live)
-                layers = [(w[keep], None if b is None else b[keep]) for w, b in layers]
-                evaluated = live
+            for lo, hi in zip(bounds[:-1], bounds[1:])
+        ]
+        if groups == 1:
+            batch = batches[0]
+            while not batch.finished_all:
+                batch.observe(self._step_physics(*batch.act()))
+        else:
+            self._overlapped(batches)
         if record:
-            # Steps never taken (every episode ended early) repeat the final observations.
-            trajectory.observations[:, step + 2 :] = trajectory.observations[:, step + 1 : step + 2]
-            trajectory.qpos[:, step + 2 :] = trajectory.qpos[:, step + 1 : step + 2]
             return lengths, returns.astype(np.float32), trajectory
         return lengths, returns.astype(np.float32)
+
+    def _overlapped(self, batches: list["_EpisodeBatch"]) -> None:
+        """Step the batches in turn, each one's physics (on a helper thread) overlapping the
+        previous one's observation and policy (on this thread).
+
+        ``mujoco.rollout`` releases the GIL while it steps, so while its pool runs one batch's
+        physics this thread computes the next batch's observations, rewards and actions: on 2 cores
+        that host work otherwise leaves a core idle for a quarter of each control step. Only one
+        physics call is in flight at a time, so the pool and its per-thread ``MjData`` are used as
+        in the sequential loop, and every episode gets bitwise the same numbers.
+        """
+        ready = collections.deque((batch, batch.act()) for batch in batches)
+        running = None
+        while ready or running is not None:
+            if running is not None:
+                out = running[1].result()
+            launched = None
+            if ready:
+                batch, args = ready.popleft()
+                launched = (batch, self._executor.submit(self._step_physics, *args))
+            if running is not None:
+                batch = running[0]
+                batch.observe(out)
+                if not batch.finished_all:
+                    ready.append((batch, batch.act()))
+            running = launched
+
+    def _step_physics(
+        self,
+        start: Float[np.ndarray, "k nstate"],
+        start_warm: Float[np.ndarray, "k nv"],
+        ctrl: Float[np.ndarray, "k 8"],
+    ) -> Float[np.ndarray, "k substeps nstate"]:
+        """``n_substeps`` physics steps of ``k`` environments at constant controls, pooled."""
+        out = np.empty((start.shape[0], self.n_substeps, self._nstate))
+        self._pool.rollout(
+            [self.model] * start.shape[0],
+            self._thread_data,
+            start,
+            np.repeat(ctrl[:, None].astype(np.float64), self.n_substeps, axis=1),
+            control_spec=_CTRL,
+            skip_checks=True,
+            nstep=self.n_substeps,
+            initial_warmstart=start_warm,
+            state=out,
+            chunk_size=max(1, start.shape[0] // (self._chunks_per_thread * self.num_threads)),
+        )
+        return out
+
+
+class _EpisodeBatch:
+    """Episodes ``rows`` of one `NativeAntRollout.episode_lengths_and_returns` call, advanced in
+    lock-step: `act` gives the physics inputs of the live episodes, `observe` takes its outputs.
+
+    Writes the shared ``lengths``, ``returns`` and ``trajectory`` at ``rows`` only, so batches over
+    disjoint rows can alternate. Finished episodes are dropped from the batch (their physics is no
+    longer stepped and, once the live batch has halved, their policies are no longer evaluated).
+    """
+
+    def __init__(
+        self,
+        rollout: NativeAntRollout,
+        rows: slice,
+        layers,
+        activation,
+        final_activation,
+        reset_obs,
+        episode_limit,
+        lengths,
+        returns,
+        trajectory,
+    ):
+        num = rows.stop - rows.start
+        self.rollout, self.rows, self.trajectory = rollout, rows, trajectory
+        self.layers = [(w[rows], None if b is None else b[rows]) for w, b in layers]
+        self.activation, self.final_activation = activation, final_activation
+        self.episode_limit = episode_limit[rows]
+        self.lengths, self.returns = lengths[rows], returns[rows]  # views into the shared arrays
+        self.state = np.tile(rollout._home_state, (num, 1))
+        self.warmstart = np.zeros((num, rollout._nv))  # a fresh MjData's, as MJX's make_data
+        self.obs = np.tile(reset_obs, (num, 1))
+        self.finished = np.zeros(num, bool)
+        self.live = np.arange(num)  # the episodes stepped: the running ones (all if not drop_done)
+        self.evaluated = self.live  # the policies whose parameters `layers` holds, ⊇ `live`
+        self.step = 0
+        self.limit = int(self.episode_limit.max())
+        self.finished_all = False
+
+    def act(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The live episodes' physics state, solver warmstart and controls for this step."""
+        rollout, live = self.rollout, self.live
+        actions = _mlp_forward(
+            self.layers, self.activation, self.final_activation, self.obs[self.evaluated]
+        )
+        if self.evaluated.size != live.size:
+            actions = actions[np.searchsorted(self.evaluated, live)]
+        actions = np.clip(np.nan_to_num(actions), -1.0, 1.0)
+        if rollout.variant == "position":
+            self.ctrl = rollout._home_control32 + np.float32(rollout.action_scale) * actions
+        else:
+            self.ctrl = actions
+        self.start, self.start_warm = self.state[live], self.warmstart[live]
+        return self.start, self.start_warm, self.ctrl
+
+    def observe(self, out: Float[np.ndarray, "k substeps nstate"]) -> None:
+        """Take the physics' output for the step `act` prepared; update returns and the batch."""
+        rollout, live, step = self.rollout, self.live, self.step
+        start, start_warm, ctrl = self.start, self.start_warm, self.ctrl
+        nq, nv = rollout._nq, rollout._nv
+        new = out[:, -1]
+        # rollout() takes the solver's warmstart but does not return it. It is the last qacc,
+        # which the Euler step (eulerdamp off) turned into qvel += timestep * qacc, so it is
+        # recovered from the last two velocities (to float64 rounding).
+        before = out[:, -2] if rollout.n_substeps > 1 else start
+        qvel_slice = slice(1 + nq, 1 + nq + nv)
+        qacc = (new[:, qvel_slice] - before[:, qvel_slice]) / rollout.model.opt.timestep
+        finite = np.isfinite(new).all(axis=1) & np.isfinite(qacc).all(axis=1)
+        # Keep the last finite physics, as the MJX env does.
+        new = np.where(finite[:, None], new, start)
+        qacc = np.where(finite[:, None], qacc, start_warm)
+
+        qpos = new[:, 1 : 1 + nq].astype(np.float32)
+        qvel = new[:, qvel_slice].astype(np.float32)
+        velocity = _rotate_into_frame(qpos[:, 3:7], qvel[:, 0:3], np)
+        reward = np.where(finite, _tracking_reward(velocity[:, :2], np), np.float32(0.0))
+        done = _fallen(qpos[:, 2]) | ~finite | (step + 1 >= self.episode_limit[live])
+
+        self.state[live], self.warmstart[live] = new, qacc
+        running = ~self.finished[live]
+        counted = live[running]
+        self.obs[live] = _observation(qpos, qvel, ctrl, rollout._home_qpos32, np)
+        self.lengths[counted] += 1
+        self.returns[counted] += reward[running]
+        self.finished[counted] |= done[running]
+        if self.trajectory is not None:
+            self._record(step, counted, reward[running], done[running], new[running, 1 : 1 + nq])
+        self.step = step + 1
+        if self.finished.all() or self.step >= self.limit:
+            self.finished_all = True
+            if self.trajectory is not None:
+                self._record_tail()
+            return
+        if not rollout.drop_done:
+            return
+        self.live = live[~done]
+        # Re-gathering the parameters costs a copy of them; doing it only when the live batch
+        # has halved bounds the wasted policy evaluations to the same factor of two.
+        if 2 * self.live.size <= self.evaluated.size:
+            keep = np.searchsorted(self.evaluated, self.live)
+            self.layers = [(w[keep], None if b is None else b[keep]) for w, b in self.layers]
+            self.evaluated = self.live
+
+    def _record(self, step, counted, reward, done, qpos) -> None:
+        trajectory, rows = self.trajectory, self.rows
+        trajectory.rewards[rows][counted, step] = reward
+        trajectory.done[rows][counted, step] = done
+        observations, positions = trajectory.observations[rows], trajectory.qpos[rows]
+        observations[:, step + 1] = observations[:, step]
+        observations[counted, step + 1] = self.obs[counted]
+        positions[:, step + 1] = positions[:, step]
+        positions[counted, step + 1] = qpos
+
+    def _record_tail(self) -> None:
+        """Steps never taken (every episode ended early) repeat the final observations."""
+        step = self.step
+        for array in (self.trajectory.observations[self.rows], self.trajectory.qpos[self.rows]):
+            array[:, step + 1 :] = array[:, step : step + 1]
 
 
 def _mlp_forward(
