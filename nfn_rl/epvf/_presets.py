@@ -38,13 +38,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         critic_width=32,
         critic_depth=2,
     ),
-    # About seven minutes on 2 CPU cores (README command 1); see docs/results.md.
+    # About five minutes on 2 CPU cores (README command 1); see docs/results.md.
     "cpu": dict(
         **ANT_TASKS["cpu"],
         # The paper's regime: at least 2048 perturbed policies per iteration (envs = batch =
         # buffer). What makes it affordable on a CPU: the native MuJoCo backend, 5 critic steps
-        # and a small UNF critic without its layer norm, which keeps the critic near 30% of an
-        # iteration (`benchmarks/epvf_throughput.py --preset cpu`: 31-33%, docs/epvf.md).
+        # and a small UNF critic (4 channels, no layer norm), which keeps the critic under 30%
+        # of an iteration (`benchmarks/epvf_throughput.py --preset cpu`; docs/epvf.md).
         num_envs=2048,
         iterations=120,
         critic_steps=5,
@@ -57,7 +57,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         policy_depth=2,
         critic_width=64,
         critic_depth=2,
-        unf_channels=8,
+        unf_channels=4,
         unf_features=32,
         unf_layer_norm=False,
         # Deviation from the recipe's 1e-7: over 120 iterations 1e-3 -> 1e-7 leaves the second
