@@ -333,7 +333,9 @@ class _EpisodeBatch:
         )
         if self.evaluated.size != live.size:
             actions = actions[np.searchsorted(self.evaluated, live)]
-        actions = np.clip(np.nan_to_num(actions), -1.0, 1.0)
+        # As the MJX env's clip(nan_to_num(a), -1, 1), without nan_to_num's slow infinities.
+        actions = np.clip(actions, -1.0, 1.0, out=actions)
+        actions[np.isnan(actions)] = 0.0
         if rollout.variant == "position":
             self.ctrl = rollout._home_control32 + np.float32(rollout.action_scale) * actions
         else:
@@ -354,9 +356,10 @@ class _EpisodeBatch:
         qvel_slice = slice(1 + nq, 1 + nq + nv)
         qacc = (new[:, qvel_slice] - before[:, qvel_slice]) / rollout.model.opt.timestep
         finite = np.isfinite(new).all(axis=1) & np.isfinite(qacc).all(axis=1)
-        # Keep the last finite physics, as the MJX env does.
-        new = np.where(finite[:, None], new, start)
-        qacc = np.where(finite[:, None], qacc, start_warm)
+        if not finite.all():
+            # Keep the last finite physics, as the MJX env does.
+            new = np.where(finite[:, None], new, start)
+            qacc = np.where(finite[:, None], qacc, start_warm)
 
         qpos = new[:, 1 : 1 + nq].astype(np.float32)
         qvel = new[:, qvel_slice].astype(np.float32)
@@ -416,7 +419,7 @@ def _mlp_forward(
     for index, (weight, bias) in enumerate(layers):
         x = np.matmul(weight, x[:, :, None])[:, :, 0]
         if bias is not None:
-            x = x + bias
+            x += bias
         x = (final_activation if index == len(layers) - 1 else activation)(x)
     return x
 
