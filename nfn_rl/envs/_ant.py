@@ -107,16 +107,23 @@ def _observation(
     control: Float[_Arr, "*batch 8"],
     home_qpos: Float[_Arr, "15"],
     xp: ModuleType = jnp,
+    velocity: Float[_Arr, "*batch 3"] | None = None,
 ) -> Float[_Arr, "*batch 34"]:
-    """The 34 observations (see the module docstring), clipped to +-OBS_BOUND and finite."""
+    """The 34 observations (see the module docstring), clipped to +-OBS_BOUND and finite.
+
+    ``velocity`` is the trunk-frame linear velocity, ``_rotate_into_frame(qpos[..., 3:7],
+    qvel[..., 0:3], xp)``, for callers that have already computed it for the reward.
+    """
     quat = qpos[..., 3:7]
     down = xp.broadcast_to(xp.asarray([0.0, 0.0, -1.0], qpos.dtype), qvel[..., 0:3].shape)
+    if velocity is None:
+        velocity = _rotate_into_frame(quat, qvel[..., 0:3], xp)
     obs = xp.concatenate(
         [
             qpos[..., 2:3],
             qpos[..., 7:] - home_qpos[7:],
             qvel[..., 6:],
-            _rotate_into_frame(quat, qvel[..., 0:3], xp),
+            velocity,
             # MuJoCo's free-joint angular velocity is already in the body frame.
             qvel[..., 3:6],
             _rotate_into_frame(quat, down, xp),

@@ -370,7 +370,7 @@ class _EpisodeBatch:
         self.state[live], self.warmstart[live] = new, qacc
         running = ~self.finished[live]
         counted = live[running]
-        self.obs[live] = _observation(qpos, qvel, ctrl, rollout._home_qpos32, np)
+        self.obs[live] = _observation(qpos, qvel, ctrl, rollout._home_qpos32, np, velocity)
         self.lengths[counted] += 1
         self.returns[counted] += reward[running]
         self.finished[counted] |= done[running]
