@@ -30,9 +30,7 @@ SEED = 3
 
 def _run(out_dir: str) -> dict:
     """Train `CONFIG` on all visible devices; what the test checks, as JSON-friendly values."""
-    import dataclasses
 
-    import equinox as eqx
     import jax
     from jaxtyping import install_import_hook
 
@@ -44,7 +42,26 @@ def _run(out_dir: str) -> dict:
 
     config = nfn_rl.EPVFConfig(**CONFIG)
     trainer, state = nfn_rl.train(config, seed=SEED, out_dir=out_dir, progress=False)
-    rows = nfn_rl.read_metrics(pathlib.Path(out_dir) / "metrics.csv")
+    leaves = jax.tree.leaves(state)
+    return {
+        **trained_run_facts(nfn_rl, config, trainer, state, pathlib.Path(out_dir)),
+        "devices": jax.device_count(),
+        "state_devices": sorted({len(x.sharding.device_set) for x in leaves}),
+        "state_replicated": all(x.sharding.is_fully_replicated for x in leaves),
+    }
+
+
+def trained_run_facts(nfn_rl, config, trainer, state, run_dir: pathlib.Path) -> dict:
+    """What the multi-device and multi-process tests compare after training in ``run_dir``: its
+    metrics, where one more collection's returns live (``returns_shards``: this process's
+    shards), and the error for a ``num_envs`` (9) the devices do not divide. ``nfn_rl`` is passed
+    in because the subprocesses import it under the jaxtyping hook."""
+    import dataclasses
+
+    import equinox as eqx
+    import jax
+
+    rows = nfn_rl.read_metrics(run_dir / "metrics.csv")
     _, _, returns = eqx.filter_jit(lambda t, s, k: t.collect(s, key=k))(
         trainer, state, jax.random.key(0)
     )
@@ -53,14 +70,11 @@ def _run(out_dir: str) -> dict:
         error = None
     except ValueError as e:
         error = str(e)
-    leaves = jax.tree.leaves(state)
     return {
-        "devices": jax.device_count(),
+        "run_ids": sorted({r["run_id"] for r in rows}),
         "metrics": {k: [r[k] for r in rows] for k in rows[0] if k not in ("wall_s", "run_id")},
         "returns_devices": len(returns.sharding.device_set),
         "returns_shards": sorted(tuple(s.data.shape) for s in returns.addressable_shards),
-        "state_devices": sorted({len(x.sharding.device_set) for x in leaves}),
-        "state_replicated": all(x.sharding.is_fully_replicated for x in leaves),
         "num_envs_9_error": error,
     }
 

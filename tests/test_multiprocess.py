@@ -34,9 +34,7 @@ HEARTBEAT_S = 10
 
 def _script(mode: str, out_dir: str) -> None:
     """The subprocess: train `CONFIG` in `out_dir` as `mode` says; process 0 prints JSON."""
-    import dataclasses
 
-    import equinox as eqx
     import jax
     from jaxtyping import install_import_hook
 
@@ -71,23 +69,10 @@ def _script(mode: str, out_dir: str) -> None:
         config, seed=SEED, out_dir=out / "run", progress=False, resume=mode == "resume",
         on_chunk=keep_halfway,
     )  # fmt: skip
-    rows = nfn_rl.read_metrics(out / "run" / "metrics.csv")
-    _, _, returns = eqx.filter_jit(lambda t, s, k: t.collect(s, key=k))(
-        trainer, state, jax.random.key(0)
-    )
-    try:
-        nfn_rl.make_trainer(dataclasses.replace(config, num_envs=9))
-        error = None
-    except ValueError as e:
-        error = str(e)
     result = {
+        **test_multidevice.trained_run_facts(nfn_rl, config, trainer, state, out / "run"),
         "processes": jax.process_count(),
         "devices": jax.device_count(),
-        "run_ids": sorted({r["run_id"] for r in rows}),
-        "metrics": {k: [r[k] for r in rows] for k in rows[0] if k not in ("wall_s", "run_id")},
-        "returns_devices": len(returns.sharding.device_set),
-        "local_returns_shards": sorted(tuple(s.data.shape) for s in returns.addressable_shards),
-        "num_envs_9_error": error,
     }
     if nfn_rl.is_main_process():
         print(json.dumps(result))
@@ -141,8 +126,8 @@ def test_two_processes_match_two_devices_and_one_and_resume_on_other_counts(tmp_
     assert (devices["processes"], devices["devices"]) == (1, 2)
     # Each process rolled out its own 4 of the 8 perturbed policies.
     assert processes["returns_devices"] == 2
-    assert processes["local_returns_shards"] == [[4]]
-    assert devices["local_returns_shards"] == [[4], [4]]
+    assert processes["returns_shards"] == [[4]]
+    assert devices["returns_shards"] == [[4], [4]]
     # One run id, and only process 0 wrote: one header and one row per iteration.
     assert len(processes["run_ids"]) == 1
     lines = (root / "processes" / "run" / "metrics.csv").read_text().splitlines()

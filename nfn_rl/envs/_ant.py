@@ -266,7 +266,7 @@ class Ant(Environment):
         done = state.done | _fallen(data.qpos[2]) | ~finite | (step_count >= self.horizon)
         nonfinite = state.nonfinite + (~finite & ~state.done).astype(jnp.int32)
         return AntState(
-            obs=self._observe(data, control),
+            obs=self._observe(data, control, velocity),
             reward=reward,
             done=done,
             physics=data,
@@ -275,5 +275,10 @@ class Ant(Environment):
             nonfinite=nonfinite,
         )
 
-    def _observe(self, data: mjx.Data, control: Float[Array, "8"]) -> Float[Array, "34"]:
-        return _observation(data.qpos, data.qvel, control, self.home_qpos)
+    def _observe(
+        self,
+        data: mjx.Data,
+        control: Float[Array, "8"],
+        velocity: Float[Array, "3"] | None = None,
+    ) -> Float[Array, "34"]:
+        return _observation(data.qpos, data.qvel, control, self.home_qpos, jnp, velocity)

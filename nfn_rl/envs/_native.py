@@ -244,7 +244,7 @@ class NativeAntRollout:
 
         ``mujoco.rollout`` releases the GIL while it steps, so while its pool runs one batch's
         physics this thread computes the next batch's observations, rewards and actions: on 2 cores
-        that host work otherwise leaves a core idle for a quarter of each control step. Only one
+        that host work otherwise leaves a core idle for about a third of each control step. Only one
         physics call is in flight at a time, so the pool and its per-thread ``MjData`` are used as
         in the sequential loop, and every episode gets bitwise the same numbers.
         """
