@@ -90,8 +90,9 @@ def test_native_rollouts_inside_the_trainer_equal_the_host_rollout():
     state = trainer.init(jax.random.key(0))
     collect = eqx.filter_jit(lambda t, s, k: t.collect(s, key=k))
     candidates, lengths, returns = collect(trainer, state, jax.random.key(1))
-    host_lengths, host_returns = trainer.env.rollout.episode_lengths_and_returns(
-        candidates, trainer.policy_static
-    )
+    with trainer.env.rollout() as rollout:
+        host_lengths, host_returns = rollout.episode_lengths_and_returns(
+            candidates, trainer.policy_static
+        )
     np.testing.assert_array_equal(lengths, host_lengths)
     np.testing.assert_array_equal(returns, host_returns)
