@@ -14,6 +14,8 @@ import equinox as eqx
 import jax
 from jaxtyping import PyTree
 
+from nfn_rl.run._files import replace_file
+
 CHECKPOINT_FORMAT = "nfn_rl.checkpoint/3"
 
 
@@ -29,7 +31,8 @@ def nfn_version() -> str:
 
 
 def save_checkpoint(path: Path, state: PyTree, header: dict[str, Any]) -> None:
-    """Write the header line, then the serialised state; atomically replaces `path`."""
+    """Write the header line, then the serialised state; replaces `path` atomically and durably
+    (`replace_file`: a crash before the rename leaves the previous checkpoint usable)."""
     payload = io.BytesIO()
     eqx.tree_serialise_leaves(payload, state)
     payload = payload.getvalue()
@@ -39,9 +42,8 @@ def save_checkpoint(path: Path, state: PyTree, header: dict[str, Any]) -> None:
         "payload_bytes": len(payload),
         "payload_sha256": hashlib.sha256(payload).hexdigest(),
     }
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes((json.dumps(header) + "\n").encode() + payload)
-    os.replace(tmp, path)
+    data = (json.dumps(header) + "\n").encode() + payload
+    replace_file(path, lambda tmp: tmp.write_bytes(data))
 
 
 def _split(path: Path) -> tuple[dict[str, Any], bytes]:

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from nfn_rl.run._checkpoint import load_checkpoint, nfn_version, save_checkpoint
 from nfn_rl.run._distributed import barrier, host_values, is_main_process, new_run_ids
+from nfn_rl.run._files import replace_file
 from nfn_rl.run._report import METRIC_COLUMNS, append_metrics, plot_returns, read_metrics
 from nfn_rl.run._trainer import Trainer
 
@@ -112,12 +113,6 @@ def _stack(trees: list[PyTree]) -> PyTree:
 def _seed_state(states: PyTree, index: int) -> PyTree:
     """Seed number `index` of host `states` (see `host_values`)."""
     return jax.tree.map(lambda x: x[index], states)
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _fresh_states(trainer: Trainer, seeds: tuple[int, ...]) -> PyTree:
@@ -279,7 +274,7 @@ def run_training(
         env_steps, wall_offset, done = [0] * len(seeds), 0.0, 0
     if writer:
         for d in dirs:
-            _write_text(d / "config.json", config_json + "\n")
+            replace_file(d / "config.json", lambda tmp: tmp.write_text(config_json + "\n"))
 
     bar = None
     if progress and writer:
