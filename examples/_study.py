@@ -174,6 +174,8 @@ def run_study(
                 "this one uses seed_<k>",
                 flush=True,
             )
+        # As its runs record it: with the simulator that "auto" chooses on this machine.
+        config = nfn_rl.make_trainer(config).config
         train_setting(out, setting, config, range(seeds), progress=progress)
 
 

@@ -346,6 +346,8 @@ def make_epvf(config: EPVFConfig, env: Environment | None = None) -> EPVFTrainer
 
     It trains on all devices (`EPVFTrainer.mesh`), so `num_envs` and `batch_size` must be
     multiples of the device count (else a ValueError); the environment's arrays are replicated.
+    On an Ant, the trainer's config names the simulator used (`backend` "native" or "mjx", never
+    "auto"), which `config.json` and the checkpoints record.
     """
     if not isinstance(config, EPVFConfig):
         raise TypeError(f"make_epvf needs an EPVFConfig, got {type(config).__name__}")
@@ -353,6 +355,12 @@ def make_epvf(config: EPVFConfig, env: Environment | None = None) -> EPVFTrainer
     if env is None:
         env = make_env(config.env, config.horizon)
     env = _with_backend(config, env)
+    if isinstance(env, Ant):
+        # The run records the simulator it uses, not "auto" (which another machine may resolve
+        # otherwise): a resume there is refused by name instead of switching simulators.
+        config = dataclasses.replace(
+            config, backend="native" if isinstance(env, NativeAnt) else "mjx"
+        )
     # Arrays committed to one device (MJX puts its model on the default device) cannot enter a
     # computation across several; they go through the host, where every process has them.
     env_arrays, env_static = eqx.partition(env, eqx.is_array)

@@ -198,6 +198,7 @@ def run_training(
     desc: str,
     overwrite: bool = False,
     on_chunk: Callable[[int], None] | None = None,
+    allow_backend_change: bool = False,
 ) -> PyTree:
     """Train every seed from scratch (or from its checkpoint with `resume`) to
     `config.iterations` in one compiled program, recording each seed's run in its directory
@@ -206,7 +207,9 @@ def run_training(
     A fresh run refuses a directory that holds a run, unless `overwrite` (which moves that
     run's files into a `replaced_<time>` folder inside it). A resume keeps the rows of the
     checkpoint's run up to the checkpoint and rebuilds any that are missing by replaying the
-    run from its start; a finished run resumed trains nothing and loses nothing. A seed's
+    run from its start; a finished run resumed trains nothing and loses nothing. A resume whose
+    trainer simulates with another backend than the checkpoint's is refused unless
+    `allow_backend_change` (`load_checkpoint`). A seed's
     metrics and state do not depend on which other seeds train beside it.
 
     In a multi-process run every process calls this alike; process 0 alone writes the files
@@ -220,7 +223,12 @@ def run_training(
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other: continue a run or replace it")
     if resume:
-        loaded = [load_checkpoint(d / "checkpoint.eqx", trainer) for d in dirs]
+        loaded = [
+            load_checkpoint(
+                d / "checkpoint.eqx", trainer, allow_backend_change=allow_backend_change
+            )
+            for d in dirs
+        ]
         for (_, header), seed, d in zip(loaded, seeds, dirs, strict=True):
             if header["seed"] != seed:
                 raise RunDirectoryError(
