@@ -104,22 +104,11 @@ def test_the_run_records_its_simulator_and_a_resume_on_the_other_is_refused(tmp_
     import json
 
     import jax
+    from test_multidevice import NATIVE_CONFIG
 
     from nfn_rl.run import CheckpointError, load_checkpoint, read_header
 
-    config = nfn_rl.EPVFConfig(
-        env="ant-torque",
-        horizon=10,
-        num_envs=8,
-        batch_size=8,
-        iterations=2,
-        log_interval=1,
-        eval_interval=2,
-        eval_episodes=1,
-        checkpoint_interval=2,
-        policy_width=8,
-        critic_width=8,
-    )
+    config = nfn_rl.EPVFConfig(**{**NATIVE_CONFIG, "backend": "auto"})
     assert config.backend == "auto"
     chosen = nfn_rl.make_trainer(config).config.backend
     # `auto` chooses by the machine; the same choice is made again below on "this" machine.
@@ -144,4 +133,4 @@ def test_the_run_records_its_simulator_and_a_resume_on_the_other_is_refused(tmp_
     state, header = load_checkpoint(
         tmp_path / "checkpoint.eqx", elsewhere, allow_backend_change=True
     )
-    assert int(state.iteration) == header["iteration"] == 2
+    assert int(state.iteration) == header["iteration"] == config.iterations

@@ -87,19 +87,8 @@ def trained_run_facts(nfn_rl, config, trainer, state, run_dir: pathlib.Path) -> 
 
 
 # The native Ant's episodes under `shard_map`: one host call per device, from different threads.
-NATIVE_CONFIG = dict(
-    env="ant-torque",
-    backend="native",
-    horizon=30,
-    num_envs=64,
-    batch_size=8,
-    iterations=2,
-    log_interval=1,
-    eval_interval=1,
-    eval_episodes=2,
-    policy_width=8,
-    critic_width=16,
-)
+NATIVE_CONFIG = CONFIG | dict(env="ant-torque", backend="native", horizon=30, num_envs=64)
+NATIVE_CONFIG |= dict(iterations=2, log_interval=1, eval_interval=1, checkpoint_interval=2)
 
 
 def _native_collect(nfn_rl) -> dict:
