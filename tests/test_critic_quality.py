@@ -11,6 +11,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 import nfn_rl
+import nfn_rl.population
 from nfn_rl import baselines
 from nfn_rl.epvf import cosine, r_squared, ridge_head, spearman
 from nfn_rl.population import centered_ranks, es_gradient, shape_returns
@@ -268,3 +269,17 @@ def test_es_run_directory_resume_and_learning(tmp_path):
     first = np.mean([r["return_mean"] for r in rows_a[:3]])
     last = np.mean([r["return_mean"] for r in rows_a[-3:]])
     assert last > first + 5, (first, last)
+
+
+@pytest.mark.parametrize("preset", ["smoke", "cpu", "paper"])
+def test_es_presets_roll_out_the_epvf_presets_populations(preset):
+    es = baselines.baseline_config("es", preset)
+    epvf = nfn_rl.ant_config(preset)
+    changed = set(baselines.ES_SETTINGS)
+    for field in dataclasses.fields(nfn_rl.population.PerturbationConfig):
+        if field.name not in changed:
+            assert getattr(es, field.name) == getattr(epvf, field.name), field.name
+    assert es.antithetic and es.fitness_shaping == "centered_ranks"
+    # The levers stay off in the paper's recipe and preset.
+    paper = nfn_rl.ant_config("paper")
+    assert not paper.antithetic and paper.critic_targets == "returns" and paper.critic_ridge is None
