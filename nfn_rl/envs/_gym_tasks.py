@@ -13,6 +13,7 @@ as Gymnasium's.
 """
 
 import os
+from collections.abc import Sequence
 
 import gymnasium
 import mujoco
@@ -209,7 +210,7 @@ class NativeGymnasiumRollout:
     def close(self) -> None:
         self.pool.close()
 
-    def reset_states(self, seeds: Int[np.ndarray, " n"]) -> Float[np.ndarray, "n nstate"]:
+    def reset_states(self, seeds: Sequence[int]) -> Float[np.ndarray, "n nstate"]:
         """The physics states Gymnasium's ``reset(seed=s)`` starts from, one per seed."""
         pairs = [self.task.reset_noise(int(seed)) for seed in seeds]
         return self.pool.states(np.stack([q for q, _ in pairs]), np.stack([v for _, v in pairs]))
@@ -218,7 +219,7 @@ class NativeGymnasiumRollout:
         self,
         params: PyTree,
         policy_static: PyTree,
-        seeds: Int[np.ndarray, " n"],
+        seeds: Sequence[int],
         horizon: int,
         *,
         record: bool = False,

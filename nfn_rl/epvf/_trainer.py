@@ -13,6 +13,7 @@ from jaxtyping import Array, Bool, Float, Int, Key, PRNGKeyArray, PyTree, UInt32
 from nfn_rl.envs import (
     Ant,
     Environment,
+    GymnasiumEnv,
     NativeAnt,
     episode_length_and_return,
     make_env,
@@ -167,7 +168,7 @@ class EPVFTrainer(Trainer):
     def _returns(
         self, params: PyTree[Array], keys: Key[Array, " n"]
     ) -> tuple[Int[Array, " n"], Float[Array, " n"]]:
-        if isinstance(self.env, NativeAnt):
+        if isinstance(self.env, NativeAnt | GymnasiumEnv):
             return self._returns_on_each_device(params, keys)
         return self._episodes(self.env, params, keys)
 
@@ -382,8 +383,13 @@ def make_epvf(config: EPVFConfig, env: Environment | None = None) -> EPVFTrainer
 
 
 def _with_backend(config: EPVFConfig, env: Environment) -> Environment:
-    """`env`, as a `NativeAnt` where `config.backend` asks for MuJoCo's C engine."""
+    """`env`, as a `NativeAnt` where `config.backend` asks for MuJoCo's C engine.
+
+    A `GymnasiumEnv` chose its backend itself (native where it has one).
+    """
     backend = config.backend
+    if isinstance(env, GymnasiumEnv):
+        return env
     if backend == "auto":
         # One CPU device per process (in a multi-process run, each process plays its share).
         one_cpu = jax.default_backend() == "cpu" and len(jax.local_devices()) == 1
