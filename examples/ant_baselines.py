@@ -1,7 +1,8 @@
-"""PPO or SAC on the MJX Ant, for the EPVF comparison (same environments, run format and
-evaluation as `examples/ant_epvf_unf.py`).
+"""PPO, SAC or ES on the Ant, for the EPVF comparison (same environments, run format and
+evaluation as `examples/ant_epvf_unf.py`; ES also the same populations).
 
     python examples/ant_baselines.py --algo ppo                 # CPU-sized default
+    python examples/ant_baselines.py --algo es                  # the main job's populations
     python examples/ant_baselines.py --algo sac --preset paper  # Brax's published settings
     python examples/ant_baselines.py --algo ppo --config.num-envs 512 --seeds 3
     python examples/ant_baselines.py --algo ppo --evaluate --out runs/ant_ppo
@@ -23,10 +24,11 @@ from nfn_rl import baselines
 
 @dataclasses.dataclass(frozen=True)
 class Args:
-    """A PPO or SAC baseline on the MJX Ant.
+    """A PPO, SAC or ES baseline on the Ant.
 
     Attributes:
-        algo: starting config's algorithm, "ppo" or "sac".
+        algo: starting config's algorithm, "ppo", "sac" or "es" (OpenAI-ES on the EPVF
+            preset's populations).
         preset: starting config: "smoke" (< 1 min, a test), "cpu" (about 5 min on 2 cores),
             "paper" (GPU).
         config: every hyperparameter of the algorithm, starting from the preset.
@@ -39,9 +41,9 @@ class Args:
         progress: show a progress bar.
     """
 
-    algo: Literal["ppo", "sac"] = "ppo"
+    algo: Literal["ppo", "sac", "es"] = "ppo"
     preset: Literal["smoke", "cpu", "paper"] = "cpu"
-    config: baselines.BaselineConfig = baselines.PPOConfig()
+    config: baselines.BaselineConfig | baselines.ESConfig = baselines.PPOConfig()
     seed: int = 0
     seeds: int = 1
     out: Path | None = None
@@ -65,9 +67,16 @@ class SACArgs(Args):
     config: baselines.SACConfig = baselines.SACConfig()
 
 
+@dataclasses.dataclass(frozen=True)
+class ESArgs(Args):
+    """OpenAI-ES on the Ant (every ESConfig field is a flag)."""
+
+    config: baselines.ESConfig = baselines.ESConfig()
+
+
 def default_args(algo: str, preset: str) -> Args:
     # The chosen algorithm's own Args type, so that its config's fields are the flags.
-    args_type = {"ppo": PPOArgs, "sac": SACArgs}.get(algo, Args)
+    args_type = {"ppo": PPOArgs, "sac": SACArgs, "es": ESArgs}.get(algo, Args)
     config = baselines.baseline_config(algo, preset)
     return args_type(algo=algo, preset=preset, config=config)
 

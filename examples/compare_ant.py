@@ -4,7 +4,7 @@ bottom, where the baselines are dashed lines).
 Give it folders: every run directory below them (a folder with config.json and metrics.csv,
 written by `examples/ant_epvf_unf.py`, the study scripts or `examples/ant_baselines.py`) is
 read; runs with the same config (the seeds of one setting) form one curve (mean with a min-max
-band), labelled "EPVF <critic>", "PPO" or "SAC". Both panels show the deterministic policy's
+band), labelled "EPVF <critic>", "PPO", "SAC" or "ES". Both panels show the deterministic policy's
 return, one against environment steps and one against wall-clock time. A run's wall-clock time is
 that of all the seeds trained in its program: compare methods trained with the same `--seeds`.
 
@@ -103,7 +103,7 @@ def main(args: Args) -> None:
     plot_groups(
         groups,
         args.out,
-        title=f"EPVF vs PPO/SAC on {env} (horizon {horizon})",
+        title=f"EPVF vs baselines on {env} (horizon {horizon})",
         metric=args.metric,
         max_return=nfn_rl.make_env(env, horizon).max_return,
         dashed=baselines,

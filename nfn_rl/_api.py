@@ -9,7 +9,7 @@ from typing import Any
 import jax
 from jaxtyping import PyTree
 
-from nfn_rl.baselines import PPOConfig, SACConfig, make_ppo, make_sac
+from nfn_rl.baselines import ESConfig, PPOConfig, SACConfig, make_es, make_ppo, make_sac
 from nfn_rl.envs import Environment, make_env
 from nfn_rl.epvf import EPVFConfig, make_epvf
 from nfn_rl.run import (
@@ -22,7 +22,12 @@ from nfn_rl.run import (
     run_training,
 )
 
-CONFIGS: dict[str, type[TrainConfig]] = {"epvf": EPVFConfig, "ppo": PPOConfig, "sac": SACConfig}
+CONFIGS: dict[str, type[TrainConfig]] = {
+    "epvf": EPVFConfig,
+    "ppo": PPOConfig,
+    "sac": SACConfig,
+    "es": ESConfig,
+}
 """The config class of each algorithm, by its `algo` name."""
 
 
@@ -39,13 +44,17 @@ def make_trainer(config: TrainConfig, env: Environment | None = None) -> Trainer
     `make_env(config.env, config.horizon)`."""
     if isinstance(config, EPVFConfig):
         return make_epvf(config, env)
+    if isinstance(config, ESConfig):
+        return make_es(config, env)
     if env is None:
         env = make_env(config.env, config.horizon)
     if isinstance(config, PPOConfig):
         return make_ppo(config, env)
     if isinstance(config, SACConfig):
         return make_sac(config, env)
-    raise TypeError(f"expected an EPVFConfig, PPOConfig or SACConfig, got {type(config).__name__}")
+    raise TypeError(
+        f"expected an EPVFConfig, ESConfig, PPOConfig or SACConfig, got {type(config).__name__}"
+    )
 
 
 def train_seeds(

@@ -535,7 +535,7 @@ def test_nonfinite_updates_are_skipped():
 
 
 def test_standardize_valid_entries_and_ties():
-    from nfn_rl.epvf._trainer import standardize
+    from nfn_rl.population import standardize
 
     values = jnp.array([1.0, 2.0, 3.0, 100.0, 4.0])
     valid = jnp.array([True, True, True, False, True])
@@ -564,7 +564,7 @@ def _critic_after_update(config, returns):
 
 
 def test_standardized_returns_make_the_critic_fit_any_return_scale():
-    config = dataclasses.replace(SMALL, critic_steps=3, standardize_returns=True)
+    config = dataclasses.replace(SMALL, critic_steps=3, critic_targets="standardized")
     returns = jax.random.uniform(jax.random.key(3), (16,))
     # An affine change of the returns (here to the 1e-5 scale of a still position Ant) leaves
     # the critic's update unchanged with standardised targets (to float32 rounding of the
@@ -573,6 +573,6 @@ def test_standardized_returns_make_the_critic_fit_any_return_scale():
     tiny = 1e-5 * returns + 3e-5
     same = _critic_after_update(config, returns) - _critic_after_update(config, tiny)
     assert np.abs(same).max() < 2e-5
-    raw = dataclasses.replace(config, standardize_returns=False)
+    raw = dataclasses.replace(config, critic_targets="returns")
     moved = _critic_after_update(raw, returns) - _critic_after_update(raw, tiny)
     assert np.abs(moved).max() > 1e-3

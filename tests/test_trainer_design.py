@@ -25,13 +25,15 @@ PACKAGE = pathlib.Path(nfn_rl.__file__).parent
 
 # --- layout ----------------------------------------------------------------------------------
 
-# What each layer may import from the package: envs at the bottom, run above it, and epvf and
-# baselines side by side on top.
+# What each layer may import from the package: envs at the bottom, run above it, population
+# (what learning from perturbed policies shares) above that, and epvf and baselines side by side
+# on top.
 ALLOWED = {
     "envs": {"envs"},
     "run": {"envs", "run"},
-    "epvf": {"envs", "run", "epvf"},
-    "baselines": {"envs", "run", "baselines"},
+    "population": {"envs", "run", "population"},
+    "epvf": {"envs", "run", "population", "epvf"},
+    "baselines": {"envs", "run", "population", "baselines"},
 }
 
 
@@ -251,7 +253,7 @@ def test_critic_options_are_config_fields_recorded_in_config_json(tmp_path):
     )
     trainer, state = nfn_rl.train(config, out_dir=tmp_path, progress=False)
     critic = eqx.combine(state.critic, trainer.critic_static)
-    assert critic.encoder is not None and critic.head.in_size == 8
+    assert critic.encoder is not None and critic.mlp.in_size == 8
     stored = nfn_rl.config_from_dict(nfn_rl.run.read_header(tmp_path / "checkpoint.eqx")["config"])
     assert stored == config
     with pytest.raises(ValueError, match="unf_channels"):
@@ -274,8 +276,8 @@ def test_checkpoint_from_before_a_config_field_existed_loads_with_its_default(tm
     config = dataclasses.replace(CARTPOLE, iterations=10, checkpoint_interval=10)
     nfn_rl.train(config, out_dir=tmp_path, progress=False)
     checkpoint = tmp_path / "checkpoint.eqx"
-    # As written before `standardize_returns` existed: the field is absent from the header.
-    _rewrite_header(checkpoint, lambda fields: fields.pop("standardize_returns"))
+    # As written before `critic_targets` existed: the field is absent from the header.
+    _rewrite_header(checkpoint, lambda fields: fields.pop("critic_targets"))
     trainer, state, _ = nfn_rl.load_run(tmp_path)
     assert trainer.config == config and int(state.iteration) == 10
     # A field the config no longer has is refused by name.

@@ -1,12 +1,19 @@
-"""PPO and SAC settings for the Ant at the EPVF presets' scales."""
+"""PPO, SAC and ES settings for the Ant at the EPVF presets' scales."""
 
 from typing import Any
 
-from nfn_rl.baselines._config import BaselineConfig, PPOConfig, SACConfig
+from nfn_rl.baselines._config import PPOConfig, SACConfig
+from nfn_rl.baselines._es import ESConfig
 from nfn_rl.envs import ANT_TASKS
-from nfn_rl.run._config import with_fields
+from nfn_rl.population import population_fields
+from nfn_rl.run._config import TrainConfig, with_fields
 
-ALGORITHMS: dict[str, type[BaselineConfig]] = {"ppo": PPOConfig, "sac": SACConfig}
+ALGORITHMS: dict[str, type[TrainConfig]] = {"ppo": PPOConfig, "sac": SACConfig, "es": ESConfig}
+
+ES_SETTINGS: dict[str, Any] = dict(antithetic=True, policy_lr=1e-2, policy_lr_end=1e-4)
+"""What ES changes in an EPVF preset's population, policy and schedule: antithetic pairs and
+one Adam step per iteration at 1e-2 decaying to 1e-4 (EPVF takes `policy_steps` steps at its
+own rates)."""
 
 # Each preset runs on the Ant task of its name (`nfn_rl.envs.ANT_TASKS`), as EPVF's does, so runs
 # compare directly.
@@ -137,12 +144,22 @@ BASELINE_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
-def baseline_config(algo: str, preset: str = "cpu", **overrides: Any) -> BaselineConfig:
-    """The Ant config of `algo` (`"ppo"` or `"sac"`) at a preset (`"smoke"`, `"cpu"` or
-    `"paper"`); `overrides` replace any field last (e.g. `num_envs=512`)."""
+def es_fields(preset: str) -> dict[str, Any]:
+    """The ES fields of a preset: the population EPVF's preset of that name rolls out
+    (`nfn_rl.population.population_fields`), changed by `ES_SETTINGS`."""
+    return population_fields(preset) | ES_SETTINGS
+
+
+def baseline_config(algo: str, preset: str = "cpu", **overrides: Any) -> TrainConfig:
+    """The Ant config of `algo` (`"ppo"`, `"sac"` or `"es"`) at a preset (`"smoke"`, `"cpu"`
+    or `"paper"`); `overrides` replace any field last (e.g. `num_envs=512`). ES runs the EPVF
+    preset's populations (`es_fields`)."""
     if algo not in ALGORITHMS:
         raise ValueError(f"unknown algo {algo!r}; known: {', '.join(ALGORITHMS)}")
     if preset not in BASELINE_PRESETS:
         raise ValueError(f"unknown preset {preset!r}; known: {', '.join(BASELINE_PRESETS)}")
-    fields = {**ANT_TASKS[preset], **BASELINE_PRESETS[preset][algo], **overrides}
-    return with_fields(ALGORITHMS[algo], fields)
+    if algo == "es":
+        fields = es_fields(preset)
+    else:
+        fields = {**ANT_TASKS[preset], **BASELINE_PRESETS[preset][algo]}
+    return with_fields(ALGORITHMS[algo], fields | overrides)

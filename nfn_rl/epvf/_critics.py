@@ -2,6 +2,7 @@
 of them by name, so that a config can name its critic."""
 
 import abc
+import functools
 import inspect
 from collections.abc import Callable
 from typing import Literal
@@ -9,8 +10,9 @@ from typing import Literal
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import jax.scipy.linalg
 from jax.flatten_util import ravel_pytree
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 import nfn
 
@@ -18,13 +20,29 @@ import nfn
 class Critic(eqx.Module):
     """An explicit policy-conditioned value function: `critic(policy)` predicts the policy's return.
 
-    `policy` is the policy module itself (an `eqx.nn.MLP`); implementations must be differentiable
-    with respect to the policy's arrays, since the policy is improved by ascending the critic.
+    `policy` is the policy module itself (an `eqx.nn.MLP`). A critic is an MLP (`mlp`) on a
+    representation of the policy (`representation`), which implementations define; both must be
+    differentiable with respect to the policy's arrays, since the policy is improved by
+    ascending the critic.
     """
 
+    mlp: eqx.AbstractVar[eqx.nn.MLP]
+
     @abc.abstractmethod
+    def representation(self, policy: eqx.Module) -> Float[Array, " features"]:
+        """What the critic's MLP reads of `policy`."""
+
     def __call__(self, policy: eqx.Module) -> Float[Array, ""]:
         """The predicted undiscounted return of `policy`."""
+        return self.mlp(self.representation(policy))
+
+    def head_features(self, policy: eqx.Module) -> Float[Array, " hidden"]:
+        """What the last linear layer of the critic's MLP reads of `policy`: the MLP's last
+        hidden activations (the representation itself for an MLP of depth 0)."""
+        x = self.representation(policy)
+        for layer in self.mlp.layers[:-1]:
+            x = self.mlp.activation(layer(x))
+        return x
 
 
 def flat_params(policy: eqx.Module) -> Float[Array, " params"]:
@@ -46,8 +64,8 @@ class FlatCritic(Critic):
     def __init__(self, policy: eqx.Module, *, width: int, depth: int, key: PRNGKeyArray):
         self.mlp = _head(flat_params(policy).shape[0], "scalar", width, depth, key=key)
 
-    def __call__(self, policy: eqx.Module) -> Float[Array, ""]:
-        return self.mlp(flat_params(policy))
+    def representation(self, policy: eqx.Module) -> Float[Array, " params"]:
+        return flat_params(policy)
 
 
 class ProbingCritic(Critic):
@@ -84,17 +102,17 @@ class ProbingCritic(Critic):
         mean, std = observation_stats if observation_stats is not None else (0.0, 1.0)
         noise = jax.random.normal(state_key, (probing_states, obs_size))
         self.probing_states = mean + std * noise
-        in_size = self._representation(policy, self.probing_states, with_params).shape[0]
-        self.mlp = _head(in_size, "scalar", width, depth, key=mlp_key)
         self.with_params = with_params
+        in_size = _probing_representation(policy, self.probing_states, with_params).shape[0]
+        self.mlp = _head(in_size, "scalar", width, depth, key=mlp_key)
 
-    @staticmethod
-    def _representation(policy, states, with_params: bool) -> Float[Array, " features"]:
-        actions = jax.vmap(policy)(states).reshape(-1)
-        return jnp.concatenate([actions, flat_params(policy)]) if with_params else actions
+    def representation(self, policy: eqx.Module) -> Float[Array, " features"]:
+        return _probing_representation(policy, self.probing_states, self.with_params)
 
-    def __call__(self, policy: eqx.Module) -> Float[Array, ""]:
-        return self.mlp(self._representation(policy, self.probing_states, self.with_params))
+
+def _probing_representation(policy, states, with_params: bool) -> Float[Array, " features"]:
+    actions = jax.vmap(policy)(states).reshape(-1)
+    return jnp.concatenate([actions, flat_params(policy)]) if with_params else actions
 
 
 class UNFCritic(Critic):
@@ -117,7 +135,7 @@ class UNFCritic(Critic):
     """
 
     encoder: nfn.InvariantEncoder
-    head: eqx.nn.MLP
+    mlp: eqx.nn.MLP
     with_params: bool = eqx.field(static=True)
     canonical_space: nfn.WeightSpace | None = eqx.field(static=True)
 
@@ -150,63 +168,60 @@ class UNFCritic(Critic):
         )
         self.with_params = with_params
         in_size = unf_features + (flat_params(policy).shape[0] if with_params else 0)
-        self.head = _head(in_size, "scalar", width, depth, key=head_key)
+        self.mlp = _head(in_size, "scalar", width, depth, key=head_key)
 
-    def __call__(self, policy: eqx.Module) -> Float[Array, ""]:
+    def representation(self, policy: eqx.Module) -> Float[Array, " features"]:
         params = eqx.filter(policy, eqx.is_array)
         if self.canonical_space is not None:
             params = nfn.canonicalize(self.canonical_space, params)
         features = jax.nn.relu(self.encoder(nfn.to_features(params)))
         if self.with_params:
             features = jnp.concatenate([features, ravel_pytree(params)[0]])
-        return self.head(features)
+        return features
 
 
-def probing_plus_params(
-    policy: eqx.Module,
+# The "+params" critics: the same classes with the flat parameters concatenated to their
+# representation.
+probing_plus_params = functools.partial(ProbingCritic, with_params=True)
+unf_plus_params = functools.partial(UNFCritic, with_params=True)
+
+
+def ridge_head(
+    critic: Critic,
+    features: Float[Array, "n hidden"],
+    targets: Float[Array, " n"],
+    valid: Bool[Array, " n"],
     *,
-    width: int,
-    depth: int,
-    key: PRNGKeyArray,
-    probing_states: int = 200,
-    observation_stats: tuple[Float[Array, " obs"], Float[Array, " obs"]] | None = None,
+    penalty: float,
 ) -> Critic:
-    """The "probing+params" critic: probing actions concatenated with the flat parameters."""
-    return ProbingCritic(
-        policy,
-        width=width,
-        depth=depth,
-        key=key,
-        probing_states=probing_states,
-        observation_stats=observation_stats,
-        with_params=True,
-    )
+    """`critic` with the last linear layer of its MLP refitted in closed form: the ridge
+    regression of the valid `targets` on the `features` (`critic.head_features` of each
+    policy), with an unpenalised intercept.
 
-
-def unf_plus_params(
-    policy: eqx.Module,
-    *,
-    width: int,
-    depth: int,
-    key: PRNGKeyArray,
-    unf_channels: int = 16,
-    unf_depth: int = 1,
-    unf_features: int = 64,
-    unf_layer_norm: bool = True,
-    canonicalize: bool = False,
-) -> Critic:
-    """The "unf+params" critic: UNF invariant features concatenated with the flat parameters."""
-    return UNFCritic(
-        policy,
-        width=width,
-        depth=depth,
-        key=key,
-        unf_channels=unf_channels,
-        unf_depth=unf_depth,
-        unf_features=unf_features,
-        unf_layer_norm=unf_layer_norm,
-        canonicalize=canonicalize,
-        with_params=True,
+    The penalty is `penalty` times the features' total centred sum of squares over their
+    number, i.e. relative to their mean variance, so that one value suits features of any
+    scale. As `penalty` grows, the fitted weights turn towards `features`' covariance with the
+    targets: for features that are a policy's parameters and centred-rank targets, the ES
+    gradient estimate. Solved in the primal or the dual, whichever is smaller.
+    """
+    count = jnp.maximum(jnp.sum(valid), 1)
+    mean_x = jnp.sum(jnp.where(valid[:, None], features, 0.0), axis=0) / count
+    mean_y = jnp.sum(jnp.where(valid, targets, 0.0)) / count
+    x = jnp.where(valid[:, None], features - mean_x, 0.0)
+    y = jnp.where(valid, targets - mean_y, 0.0)
+    n, d = x.shape
+    # A floor keeps the system positive definite when every feature is constant.
+    lam = jnp.maximum(penalty * jnp.sum(x**2) / d, 1e-12)
+    if d <= n:
+        weight = jax.scipy.linalg.solve(x.T @ x + lam * jnp.eye(d), x.T @ y, assume_a="pos")
+    else:
+        weight = x.T @ jax.scipy.linalg.solve(x @ x.T + lam * jnp.eye(n), y, assume_a="pos")
+    bias = mean_y - mean_x @ weight
+    last = critic.mlp.layers[-1]
+    return eqx.tree_at(
+        lambda c: (c.mlp.layers[-1].weight, c.mlp.layers[-1].bias),
+        critic,
+        (weight.reshape(last.weight.shape), bias.reshape(last.bias.shape)),
     )
 
 
@@ -240,9 +255,7 @@ def critic_names() -> tuple[str, ...]:
 
 def critic_options(name: str) -> tuple[str, ...]:
     """The keyword options critic `name` accepts beyond `width`, `depth` and `key`."""
-    factory = _CRITICS[name]
-    target = factory.__init__ if isinstance(factory, type) else factory
-    parameters = inspect.signature(target).parameters.values()
+    parameters = inspect.signature(_CRITICS[name]).parameters.values()
     return tuple(
         p.name
         for p in parameters

@@ -2,87 +2,40 @@
 
 from typing import Any
 
-from nfn_rl.envs import ANT_TASKS
 from nfn_rl.epvf._config import EPVFConfig
+from nfn_rl.population import ANT_POPULATIONS, POPULATION_RECIPE
 from nfn_rl.run._config import with_fields
 
-RECIPE: dict[str, Any] = dict(
-    noise="uniform_scaled",
-    noise_scale=0.3,
-    weight_clip=0.1,
-    policy_lr=1e-3,
-    policy_lr_end=1e-7,
-    policy_lr_schedule="exponential",
-    perturbed_weight_clip=None,
-    multiple_policies=False,
-)
+RECIPE: dict[str, Any] = POPULATION_RECIPE | dict(multiple_policies=False)
 """The paper's best Ant setup: uniform noise U(-0.3|w|, 0.3|w|), parameters clipped to
 [-0.1, 0.1] after the policy steps, policy learning rate decaying exponentially 1e-3 -> 1e-7, and
 as many environments as the batch and the buffer (only fresh data)."""
 
-# The Ant resets deterministically to its home pose, so one evaluation episode is exact.
-PRESETS: dict[str, dict[str, Any]] = {
-    # End to end in well under a minute on 2 CPU cores, compile included: used by the tests.
-    "smoke": dict(
-        **ANT_TASKS["smoke"],
-        num_envs=16,
-        iterations=4,
-        critic_steps=4,
-        policy_steps=4,
-        log_interval=2,
-        eval_interval=2,
-        eval_episodes=1,
-        checkpoint_interval=2,
-        policy_width=16,
-        policy_depth=2,
-        critic_width=32,
-        critic_depth=2,
-    ),
-    # About eight minutes on 2 CPU cores (README command 1); see docs/results.md.
+# Each preset's population (task, policies per iteration, schedule, policy) is the one the ES
+# baseline runs (`nfn_rl.population.ANT_POPULATIONS`); these are the critic's settings on it.
+_CRITIC_SETTINGS: dict[str, dict[str, Any]] = {
+    "smoke": dict(critic_steps=4, policy_steps=4, critic_width=32, critic_depth=2),
+    # envs = batch = buffer at 2048. What makes it affordable on a CPU: the native MuJoCo
+    # backend, 5 critic steps and a small UNF critic (4 channels, no layer norm), which keeps the
+    # critic under 30% of an iteration (`benchmarks/epvf_throughput.py --preset cpu`;
+    # docs/epvf.md).
     "cpu": dict(
-        **ANT_TASKS["cpu"],
-        # The paper's regime: at least 2048 perturbed policies per iteration (envs = batch =
-        # buffer). What makes it affordable on a CPU: the native MuJoCo backend, 5 critic steps
-        # and a small UNF critic (4 channels, no layer norm), which keeps the critic under 30%
-        # of an iteration (`benchmarks/epvf_throughput.py --preset cpu`; docs/epvf.md).
-        num_envs=2048,
-        # 240 rather than 120: every seed's policies keep improving past iteration 120
-        # (docs/results.md).
-        iterations=240,
         critic_steps=5,
         policy_steps=10,
-        log_interval=5,
-        eval_interval=5,
-        eval_episodes=1,
-        checkpoint_interval=20,
-        policy_width=32,
-        policy_depth=2,
         critic_width=64,
         critic_depth=2,
         unf_channels=4,
         unf_features=32,
         unf_layer_norm=False,
-        # Deviation from the recipe's 1e-7: over 240 iterations 1e-3 -> 1e-7 leaves the second
-        # half of the run with steps below 1e-5.
-        policy_lr_end=1e-5,
     ),
-    # The paper's scale (4096 envs = batch = buffer, horizon 1000): for a GPU.
-    "paper": dict(
-        **ANT_TASKS["paper"],
-        num_envs=4096,
-        iterations=250,
-        critic_steps=20,
-        policy_steps=10,
-        log_interval=5,
-        eval_interval=5,
-        eval_episodes=1,
-        checkpoint_interval=25,
-        policy_width=64,
-        policy_depth=2,
-        critic_width=256,
-        critic_depth=2,
-    ),
+    "paper": dict(critic_steps=20, policy_steps=10, critic_width=256, critic_depth=2),
 }
+
+PRESETS: dict[str, dict[str, Any]] = {
+    name: ANT_POPULATIONS[name] | settings for name, settings in _CRITIC_SETTINGS.items()
+}
+"""The Ant presets: `"smoke"` (a test), `"cpu"` (README command 1, a 2-core CPU) and `"paper"`
+(the paper's scale, for a GPU)."""
 
 ABLATIONS: dict[str, dict[str, Any]] = {
     "best": {},

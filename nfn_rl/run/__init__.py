@@ -24,6 +24,7 @@ from nfn_rl.run._optim import skip_nonfinite as skip_nonfinite
 from nfn_rl.run._optim import skipped_steps as skipped_steps
 from nfn_rl.run._report import METRIC_COLUMNS as METRIC_COLUMNS
 from nfn_rl.run._report import read_metrics as read_metrics
+from nfn_rl.run._trainer import CRITIC_QUALITY_METRICS as CRITIC_QUALITY_METRICS
 from nfn_rl.run._trainer import UPDATE_METRICS as UPDATE_METRICS
 from nfn_rl.run._trainer import Trainer as Trainer
 from nfn_rl.run._trainer import TrainState as TrainState

@@ -27,6 +27,11 @@ UPDATE_METRICS = (
 """The metrics `Trainer.update` returns; `Trainer.iteration` adds `eval_return` and
 `evaluated`."""
 
+CRITIC_QUALITY_METRICS = ("critic_r2_unseen", "critic_spearman_unseen", "critic_es_cosine")
+"""The metrics of a critic of policies (EPVF) that `Trainer.update` may add: its R^2 and rank
+correlation on an iteration's returns before it trains on them, and the cosine between its
+policy gradient and the ES estimate from the same perturbations. NaN where `update` has none."""
+
 
 class TrainState(eqx.Module):
     """What every training state carries; a checkpoint stores exactly the state.
@@ -99,6 +104,8 @@ class Trainer(eqx.Module):
         key = jax.random.fold_in(jax.random.wrap_key_data(state.key), index)
         update_key, eval_key = jax.random.split(key)
         state, metrics = self.update(state, update_key)
+        for name in CRITIC_QUALITY_METRICS:
+            metrics.setdefault(name, jnp.full((), jnp.nan, jnp.float32))
         evaluate = (index + 1) % self.config.eval_interval == 0
         metrics["eval_return"] = jax.lax.cond(
             evaluate, lambda: self.evaluate(state, key=eval_key), lambda: jnp.full((), jnp.nan)

@@ -53,14 +53,16 @@ def perturb_population(
     noise: str = "gaussian",
     scale: float = 1.0,
     weight_clip: float | None = None,
+    antithetic: bool = False,
 ) -> T:
     """`num` perturbed policies, stacked along a new leading axis of every array leaf.
 
     By default all are perturbations of the one `policy`. With `multiple_policies=True`, `policy`
     is already a stack of `num` policies (leading axis on every array leaf) and each is perturbed
-    once.
+    once. With `antithetic=True` (one policy, even `num`) the first `num // 2` are `policy +
+    delta` and the rest, in the same order, `policy - delta` (each then clipped).
     """
-    keys = jax.random.split(key, num)
+    keys = jax.random.split(key, num // 2 if antithetic else num)
     params, static = eqx.partition(policy, eqx.is_array)
 
     def one(p, k):
@@ -71,7 +73,24 @@ def perturb_population(
             eqx.is_array,
         )
 
-    if multiple_policies:
+    if antithetic:
+        if multiple_policies or num % 2:
+            raise ValueError(
+                f"antithetic pairs perturb one policy an even number of times, got num={num}"
+                + (" with multiple_policies" if multiple_policies else "")
+            )
+        # Mirrored before clipping, so that each pair's noise is exactly opposite.
+        plus = jax.vmap(
+            lambda k: eqx.filter(
+                perturb(eqx.combine(params, static), key=k, noise=noise, scale=scale),
+                eqx.is_array,
+            )
+        )(keys)
+        minus = jax.tree.map(lambda p, x: 2 * p - x, params, plus)
+        stacked = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), plus, minus)
+        if weight_clip is not None:
+            stacked = jax.tree.map(lambda x: jnp.clip(x, -weight_clip, weight_clip), stacked)
+    elif multiple_policies:
         sizes = {leaf.shape[0] for leaf in jax.tree.leaves(params)}
         if sizes != {num}:
             raise ValueError(f"multiple_policies needs {num} stacked policies, got leading {sizes}")

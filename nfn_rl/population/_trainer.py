@@ -1,0 +1,222 @@
+"""What EPVF and the ES baseline share: one policy perturbed into a population each iteration,
+rolled out on every device, and moved by a scheduled optimiser under a weight clip."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+from jaxtyping import Array, Float, Int, Key, PRNGKeyArray, PyTree
+
+from nfn_rl.envs import (
+    Ant,
+    Environment,
+    GymnasiumEnv,
+    NativeAnt,
+    episode_length_and_return,
+    make_env,
+)
+from nfn_rl.population._config import PerturbationConfig
+from nfn_rl.population._perturb import perturb_population
+from nfn_rl.population._policy import make_policy
+from nfn_rl.run import Trainer, skip_nonfinite
+
+# The one mesh axis: the environments (perturbed policies) of an iteration and the critic batch
+# are split along it; everything else is replicated on every device.
+ENVS_AXIS = "envs"
+
+
+def policy_lr_at(config: PerturbationConfig, iteration: Int[Array, ""] | int) -> Float[Array, ""]:
+    """The policy learning rate used during `iteration` (exponential: `policy_lr` at the first
+    iteration, `policy_lr_end` at the last)."""
+    if config.policy_lr_schedule == "constant":
+        return jnp.asarray(config.policy_lr, jnp.float32)
+    fraction = jnp.asarray(iteration, jnp.float32) / max(config.iterations - 1, 1)
+    return config.policy_lr * (config.policy_lr_end / config.policy_lr) ** fraction
+
+
+def policy_optimizer(config: PerturbationConfig) -> optax.GradientTransformation:
+    """AdamW whose learning rate `with_policy_lr` sets before each iteration's policy steps, so
+    that skipped (non-finite) steps cannot shift the schedule."""
+    return skip_nonfinite(
+        optax.inject_hyperparams(optax.adamw)(
+            learning_rate=config.policy_lr, weight_decay=config.weight_decay
+        )
+    )
+
+
+def with_policy_lr(
+    config: PerturbationConfig, opt_state: PyTree, iteration: Int[Array, ""]
+) -> PyTree:
+    """`policy_optimizer`'s state with the learning rate of `iteration`."""
+    inner = opt_state.inner_state
+    hyperparams = inner.hyperparams | {"learning_rate": policy_lr_at(config, iteration)}
+    return opt_state._replace(inner_state=inner._replace(hyperparams=hyperparams))
+
+
+class PopulationTrainer(Trainer):
+    """A trainer that perturbs its policy into `num_envs` policies per iteration and rolls each
+    out once (EPVF, ES). `mesh` is a 1-D mesh over all devices (axis `"envs"`), of every
+    process in a multi-process run: the rollouts are split evenly across it.
+
+    Concrete subclasses hold `policy_static` (the policy's non-array part) and implement
+    `init` and `update` with the methods here.
+    """
+
+    config: eqx.AbstractVar[PerturbationConfig]
+    policy_static: eqx.AbstractVar[PyTree]
+
+    def split(self, tree: PyTree) -> PyTree:
+        """`tree` with the leading axis of every array split across the devices."""
+        sharding = NamedSharding(self.mesh, PartitionSpec(ENVS_AXIS))
+        return jax.lax.with_sharding_constraint(tree, sharding)
+
+    def replicate(self, tree: PyTree) -> PyTree:
+        return jax.lax.with_sharding_constraint(tree, NamedSharding(self.mesh, PartitionSpec()))
+
+    def clip_weights(self, policy: PyTree[Array]) -> PyTree[Array]:
+        clip = self.config.weight_clip
+        if clip is None:
+            return policy
+        return jax.tree.map(lambda x: jnp.clip(x, -clip, clip), policy)
+
+    def initial_policies(self, key: PRNGKeyArray) -> PyTree[Array]:
+        """`num_policies` initial policies' arrays, stacked, as the weight clip leaves them (the
+        first iteration perturbs the policy that the clip would have produced)."""
+        config = self.config
+        policies = jax.vmap(
+            lambda k: eqx.filter(
+                make_policy(self.env, config.policy_width, config.policy_depth, key=k),
+                eqx.is_array,
+            )
+        )(jax.random.split(key, self.num_policies))
+        return self.clip_weights(policies)
+
+    def policy(self, state, index: Int[Array, ""] | int = 0) -> eqx.nn.MLP:
+        return eqx.combine(jax.tree.map(lambda x: x[index], state.policy), self.policy_static)
+
+    def value_of(self, value: eqx.Module, params: PyTree[Array]) -> Float[Array, " n"]:
+        """`value(policy)` of each stacked policy in `params`."""
+        return jax.vmap(lambda p: value(eqx.combine(p, self.policy_static)))(params)
+
+    def collect(
+        self, policies: PyTree[Array], *, key: PRNGKeyArray, multiple_policies: bool = False
+    ) -> tuple[PyTree[Array], Int[Array, " envs"], Float[Array, " envs"]]:
+        """Perturb the policy (each of `policies` with `multiple_policies`), roll every
+        perturbation out once.
+
+        Returns the perturbed parameters (leading axis `num_envs`), episode lengths and returns.
+        """
+        config = self.config
+        perturb_key, rollout_key = jax.random.split(key)
+        centre = policies if multiple_policies else jax.tree.map(lambda x: x[0], policies)
+        candidates = perturb_population(
+            centre,
+            config.num_envs,
+            key=perturb_key,
+            multiple_policies=multiple_policies,
+            noise=config.noise,
+            scale=config.noise_scale,
+            weight_clip=config.perturbed_weight_clip,
+            antithetic=config.antithetic,
+        )
+        candidates = self.split(candidates)
+        keys = self.split(jax.random.split(rollout_key, config.num_envs))
+        lengths, returns = self.split(self._returns(candidates, keys))
+        return candidates, lengths, returns
+
+    def _returns(
+        self, params: PyTree[Array], keys: Key[Array, " n"]
+    ) -> tuple[Int[Array, " n"], Float[Array, " n"]]:
+        if isinstance(self.env, NativeAnt | GymnasiumEnv):
+            return self._returns_on_each_device(params, keys)
+        return self._episodes(self.env, params, keys)
+
+    def _episodes(
+        self, env: Environment, params: PyTree[Array], keys: Key[Array, " n"]
+    ) -> tuple[Int[Array, " n"], Float[Array, " n"]]:
+        return jax.vmap(
+            lambda p, k: episode_length_and_return(env, eqx.combine(p, self.policy_static), k)
+        )(params, keys)
+
+    def _returns_on_each_device(
+        self, params: PyTree[Array], keys: Key[Array, " n"]
+    ) -> tuple[Int[Array, " n"], Float[Array, " n"]]:
+        """`_episodes`, with each device's share of the episodes played by its own host call.
+
+        The native Ant runs on the host through a callback, which the compiler would otherwise
+        place on the first device alone, gathering every episode there: across processes, each
+        process now plays its own devices' episodes on its own CPU.
+        """
+        env_arrays, env_static = eqx.partition(self.env, eqx.is_array)
+
+        def on_device(env_arrays, params, keys):
+            return self._episodes(eqx.combine(env_arrays, env_static), params, keys)
+
+        split = PartitionSpec(ENVS_AXIS)
+        return jax.shard_map(
+            on_device,
+            mesh=self.mesh,
+            in_specs=(PartitionSpec(), split, split),
+            out_specs=(split, split),
+        )(env_arrays, params, keys)
+
+
+def device_mesh(config: PerturbationConfig, divided: tuple[str, ...] = ("num_envs",)) -> Mesh:
+    """The 1-D mesh (axis `"envs"`) over all devices that trains `config`.
+
+    Raises a ValueError unless each field in `divided` is a multiple of the device count, since
+    each device takes an equal part of them.
+    """
+    devices = jax.devices()
+    # Across processes the devices are every process's: each process takes its devices' part.
+    processes = jax.process_count()
+    across = f" over {processes} processes" if processes > 1 else ""
+    owner = type(config).__name__
+    for name in divided:
+        value = getattr(config, name)
+        if value % len(devices):
+            raise ValueError(
+                f"{owner}.{name}={value} must be a multiple of the number of devices "
+                f"({len(devices)}){across}, which share it evenly; set {name} to a multiple of "
+                f"{len(devices)} or use fewer devices or processes"
+            )
+    # Auto axes: the shardings are constraints on the computation, and the compiler places the
+    # rest (the default of `jax.make_mesh`, explicit axes, would type every array by sharding).
+    return Mesh(np.array(devices), (ENVS_AXIS,), axis_types=(AxisType.Auto,))
+
+
+def population_env(config: PerturbationConfig, env: Environment | None, mesh: Mesh) -> Environment:
+    """`env` (or `make_env(config.env, config.horizon)`) on `config.backend`, its arrays
+    replicated over `mesh`."""
+    if env is None:
+        env = make_env(config.env, config.horizon)
+    env = _with_backend(config, env)
+    # Arrays committed to one device (MJX puts its model on the default device) cannot enter a
+    # computation across several; they go through the host, where every process has them.
+    env_arrays, env_static = eqx.partition(env, eqx.is_array)
+    env_arrays = jax.tree.map(np.asarray, env_arrays)
+    return eqx.combine(jax.device_put(env_arrays, NamedSharding(mesh, PartitionSpec())), env_static)
+
+
+def _with_backend(config: PerturbationConfig, env: Environment) -> Environment:
+    """`env`, as a `NativeAnt` where `config.backend` asks for MuJoCo's C engine.
+
+    A `GymnasiumEnv` chose its backend itself (native where it has one).
+    """
+    if isinstance(env, GymnasiumEnv):
+        return env
+    backend = config.backend
+    if backend == "auto":
+        # One CPU device per process (in a multi-process run, each process plays its share).
+        one_cpu = jax.default_backend() == "cpu" and len(jax.local_devices()) == 1
+        backend = "native" if one_cpu and isinstance(env, Ant) else "mjx"
+    if backend == "mjx" or isinstance(env, NativeAnt):
+        return env
+    if not isinstance(env, Ant):
+        raise ValueError(
+            f"{type(config).__name__}.backend: 'native' simulates the Ant only, "
+            f"got {type(env).__name__}"
+        )
+    return NativeAnt(env.variant, env.horizon)
