@@ -14,6 +14,8 @@ recovered one, every task agrees bitwise over the whole episode (the second test
 observation, reward and termination code is exact.
 """
 
+from concurrent.futures import ThreadPoolExecutor
+
 import equinox as eqx
 import gymnasium
 import jax
@@ -236,3 +238,28 @@ def test_bad_ids_and_unsupported_spaces_are_one_line_errors(env_id, horizon, mat
 def test_native_backend_refuses_tasks_without_a_native_version():
     with pytest.raises(ValueError, match=r"no native version of 'Pendulum-v1'"):
         GymnasiumEnv("Pendulum-v1", backend="native")
+
+
+def test_results_do_not_depend_on_threads_overlap_or_concurrent_callers():
+    env_id, num = "Hopper-v5", 2 * 64  # enough episodes for the two overlapped halves
+    env = GymnasiumEnv(env_id)
+    params, static = _population(env, num, scale=0.1)
+    seeds = list(range(num))
+    reference = env.host.episode_lengths_and_returns(params, static, seeds, 100)
+    for threads, overlap in ((1, True), (2, False)):
+        other = NativeGymnasiumRollout(env_id, threads, overlap=overlap)
+        result = other.episode_lengths_and_returns(params, static, seeds, 100)
+        other.close()
+        for a, b in zip(reference, result):
+            np.testing.assert_array_equal(a, b)
+    with ThreadPoolExecutor(2) as callers:
+        calls = [
+            callers.submit(env.host.episode_lengths_and_returns, params, static, seeds, 100)
+            for _ in range(2)
+        ]
+        for call in calls:
+            for a, b in zip(reference, call.result()):
+                np.testing.assert_array_equal(a, b)
+    env.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        env.host.episode_lengths_and_returns(params, static, seeds, 100)

@@ -11,6 +11,7 @@ physics of one (on the pool, without the GIL) overlaps the host work of the othe
 import abc
 import collections
 import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -83,7 +84,8 @@ class PhysicsPool:
     A plain class, not an `equinox.Module`: it owns a native thread pool and per-thread ``MjData``
     scratch, mutable host resources that must not be traced, copied or compared as pytree leaves.
     ``num_threads`` defaults to the CPUs this process may run on. Release the pool with `close` or
-    by using it as a context manager. Not thread-safe (one call at a time). Results are
+    by using it as a context manager. Calls from several threads (JAX may run the host callbacks
+    of several devices at once) take turns. Results are
     deterministic for a given input and do not depend on ``num_threads`` or ``overlap`` (each
     episode runs on one thread from a fully specified state).
     """
@@ -111,13 +113,16 @@ class PhysicsPool:
         self._thread_data = [mujoco.MjData(model) for _ in range(num_threads)]
         # The one thread that issues physics calls while this one does the host work.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nfn-physics")
+        self._lock = threading.Lock()
 
     def close(self) -> None:
-        """Stop the thread pool; the object cannot roll out afterwards."""
-        if self._pool is not None:
-            self._executor.shutdown()
-            self._pool.close()
-            self._pool = None
+        """Stop the thread pool (after the call in progress); the object cannot roll out
+        afterwards."""
+        with self._lock:
+            if self._pool is not None:
+                self._executor.shutdown()
+                self._pool.close()
+                self._pool = None
 
     def __enter__(self) -> "PhysicsPool":
         return self
@@ -153,8 +158,12 @@ class PhysicsPool:
         episode), or when its physics turns non-finite (that step earns 0; the state is rolled
         back).
         """
-        if self._pool is None:
-            raise RuntimeError("this PhysicsPool has been closed")
+        with self._lock:
+            if self._pool is None:
+                raise RuntimeError("this PhysicsPool has been closed")
+            return self._play(actor, start, horizon, record)
+
+    def _play(self, actor, start, horizon, record):
         num = start.shape[0]
         episode_limit = np.broadcast_to(np.asarray(horizon), (num,))
         if np.min(episode_limit) < 1:
@@ -212,19 +221,25 @@ class PhysicsPool:
         """
         ready = collections.deque((batch, batch.act()) for batch in batches)
         running = None
-        while ready or running is not None:
+        try:
+            while ready or running is not None:
+                if running is not None:
+                    out = running[1].result()
+                launched = None
+                if ready:
+                    batch, args = ready.popleft()
+                    launched = (batch, self._executor.submit(self.step_physics, *args))
+                if running is not None:
+                    batch = running[0]
+                    running = None
+                    batch.observe(out)
+                    if not batch.finished_all:
+                        ready.append((batch, batch.act()))
+                running = launched
+        finally:
+            # No physics call outlives this one (an exception in the host work above).
             if running is not None:
-                out = running[1].result()
-            launched = None
-            if ready:
-                batch, args = ready.popleft()
-                launched = (batch, self._executor.submit(self.step_physics, *args))
-            if running is not None:
-                batch = running[0]
-                batch.observe(out)
-                if not batch.finished_all:
-                    ready.append((batch, batch.act()))
-            running = launched
+                running[1].exception()
 
     def step_physics(
         self,

@@ -208,6 +208,7 @@ class NativeGymnasiumRollout:
         self._half_range = (self.task.action_high - self.task.action_low) / 2
 
     def close(self) -> None:
+        """Stop the thread pool; no episodes after."""
         self.pool.close()
 
     def reset_states(self, seeds: Sequence[int]) -> Float[np.ndarray, "n nstate"]:

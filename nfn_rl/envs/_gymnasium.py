@@ -9,6 +9,8 @@ one Python ``step`` per environment and step: general, and far slower).
 
 from collections.abc import Sequence
 
+import threading
+
 import equinox as eqx
 import gymnasium
 import jax
@@ -42,20 +44,23 @@ class GymnasiumVectorRollout:
     ``SyncVectorEnv`` (one ``env.step`` per episode and step, in Python).
 
     Box actions take the policy's [-1, 1] outputs mapped affinely onto the box, Discrete ones the
-    argmax of its logits. The vector env of each batch size is built once and kept.
+    argmax of its logits. The vector env of each batch size is built once and kept; calls from
+    several threads take turns.
     """
 
     def __init__(self, env_id: str, horizon: int):
         self.env_id, self.horizon = env_id, horizon
         self._vector_envs: dict[int, gymnasium.vector.SyncVectorEnv] = {}
+        self._lock = threading.Lock()
         probe = gymnasium.make(env_id)
         self.observation_space, self.action_space = probe.observation_space, probe.action_space
         probe.close()
 
     def close(self) -> None:
-        for env in self._vector_envs.values():
-            env.close()
-        self._vector_envs.clear()
+        with self._lock:
+            for env in self._vector_envs.values():
+                env.close()
+            self._vector_envs.clear()
 
     def _vector_env(self, num: int) -> gymnasium.vector.SyncVectorEnv:
         if num not in self._vector_envs:
@@ -71,6 +76,10 @@ class GymnasiumVectorRollout:
         self, params: PyTree, policy_static: PyTree, seeds: Sequence[int], horizon: int
     ) -> tuple[Int[np.ndarray, " n"], Float[np.ndarray, " n"]]:
         """One episode per policy from ``reset(seed=...)``; lengths and float64 returns."""
+        with self._lock:
+            return self._episodes(params, policy_static, seeds, horizon)
+
+    def _episodes(self, params, policy_static, seeds, horizon):
         space = self.action_space
         discrete = isinstance(space, gymnasium.spaces.Discrete)
         out_size = int(space.n) if discrete else int(np.prod(space.shape))
@@ -172,6 +181,10 @@ class GymnasiumEnv(Environment):
         self.horizon = int(horizon)
         self.reward_threshold = spec.reward_threshold
         self.max_return = float("inf")
+
+    def close(self) -> None:
+        """Release the host resources (thread pool or Gymnasium envs); no episodes after."""
+        self.host.close()
 
     def reset(self, key: PRNGKeyArray) -> EnvState:
         raise NotImplementedError(self._whole_episodes_only())
