@@ -12,9 +12,13 @@ each from Gymnasium's reset of their seed:
   pass, over the first ``gym_envs`` policies. A Python loop's steps/s does not depend on how many
   envs it loops over, so fewer keep the benchmark short.
 
-Steps are the env steps actually taken (episodes end when a task terminates them). The last
-column is the native/Gymnasium steps/s ratio; the last line is the smallest one. On a shared
-machine both columns depend on the other processes' load (printed before and after).
+Steps are the env steps actually taken (episodes end when a task terminates them). "ratio" is
+the native/Gymnasium steps/s ratio; the last line is the smallest one. "ceiling" is what no
+batching can exceed: the physics alone (``frame_skip`` substeps of ``mujoco.rollout`` per env
+step, timed in CPU seconds on one thread) on every thread of the pool, over Gymnasium's steps/s.
+Where Gymnasium's loop is mostly physics (Swimmer, HalfCheetah), the ceiling is a few times, not
+ten. On a shared machine the wall-clock columns depend on the other processes' load (printed
+before and after).
 """
 
 import dataclasses
@@ -23,8 +27,10 @@ import time
 
 import equinox as eqx
 import jax
+import mujoco
 import numpy as np
 import tyro
+from mujoco import rollout as mj_rollout
 
 from nfn_rl import make_policy, perturb_population
 from nfn_rl.envs import (
@@ -56,9 +62,31 @@ def _steps_per_second(host, params, static, seeds, horizon) -> float:
     return float(np.sum(lengths)) / (time.perf_counter() - start)
 
 
+def _physics_steps_per_cpu_second(task, episodes: int = 256, repeats: int = 20) -> float:
+    """Env steps per CPU second of ``mujoco.rollout`` alone on one thread (zero controls)."""
+    model = task.model
+    state = np.empty(mujoco.mj_stateSize(model, mujoco.mjtState.mjSTATE_FULLPHYSICS))
+    mujoco.mj_getState(model, mujoco.MjData(model), state, mujoco.mjtState.mjSTATE_FULLPHYSICS)
+    starts = np.tile(state, (episodes, 1))
+    controls = np.zeros((episodes, task.frame_skip, model.nu))
+    with mj_rollout.Rollout(nthread=1) as pool:
+        start = time.process_time()
+        for _ in range(repeats):
+            pool.rollout(
+                [model] * episodes,
+                [mujoco.MjData(model)],
+                starts,
+                controls,
+                control_spec=mujoco.mjtState.mjSTATE_CTRL.value,
+                skip_checks=True,
+                nstep=task.frame_skip,
+            )
+        return episodes * repeats / (time.process_time() - start)
+
+
 def main(args: Args) -> None:
     print(f"load average before: {os.getloadavg()[0]:.2f}")
-    print(f"{'task':<26}{'native steps/s':>16}{'gym steps/s':>14}{'ratio':>9}")
+    print(f"{'task':<26}{'native steps/s':>16}{'gym steps/s':>14}{'ratio':>9}{'ceiling':>10}")
     ratios = []
     for env_id in args.tasks:
         env = GymnasiumEnv(env_id, backend="native")
@@ -70,6 +98,7 @@ def main(args: Args) -> None:
         native = NativeGymnasiumRollout(env_id)
         _steps_per_second(native, params, static, seeds, args.horizon)  # warm-up
         native_rate = _steps_per_second(native, params, static, seeds, args.horizon)
+        ceiling = native.pool.num_threads * _physics_steps_per_cpu_second(native.task)
         native.close()
         gym = GymnasiumVectorRollout(env_id, args.horizon)
         few = jax.tree.map(lambda x: x[: args.gym_envs], params)
@@ -77,7 +106,10 @@ def main(args: Args) -> None:
         gym.close()
         env.host.close()
         ratios.append(native_rate / gym_rate)
-        print(f"{env_id:<26}{native_rate:>16,.0f}{gym_rate:>14,.0f}{ratios[-1]:>8.1f}x")
+        print(
+            f"{env_id:<26}{native_rate:>16,.0f}{gym_rate:>14,.0f}{ratios[-1]:>8.1f}x"
+            f"{ceiling / gym_rate:>9.1f}x"
+        )
     print(f"load average after: {os.getloadavg()[0]:.2f}")
     print(f"smallest native/gymnasium env steps/s ratio at {args.envs} envs: {min(ratios):.1f}x")
 

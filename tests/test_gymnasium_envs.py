@@ -202,9 +202,9 @@ def test_any_gymnasium_id_runs_through_the_vector_api():
     assert isinstance(env, GymnasiumEnv) and env.backend == "gymnasium"
     assert (env.observation_size, env.action_size, env.discrete, env.horizon) == (4, 2, True, 500)
     policy = make_policy(env, 8, 1, key=jax.random.key(0))
-    lengths, returns = jax.vmap(
-        lambda k: nfn_rl.episode_length_and_return(env, policy, k)
-    )(jax.random.split(jax.random.key(0), 3))
+    lengths, returns = jax.vmap(lambda k: nfn_rl.episode_length_and_return(env, policy, k))(
+        jax.random.split(jax.random.key(0), 3)
+    )
     # CartPole earns 1 per step: the return is the length.
     np.testing.assert_array_equal(np.asarray(returns), np.asarray(lengths, np.float32))
     assert (np.asarray(lengths) >= 1).all()

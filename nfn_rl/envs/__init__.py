@@ -2,7 +2,7 @@
 
 from nfn_rl.envs._ant import Ant as Ant
 from nfn_rl.envs._cartpole import Cartpole as Cartpole
-from nfn_rl.envs._gym_tasks import NATIVE_TASKS as NATIVE_GYMNASIUM_TASKS
+from nfn_rl.envs._gym_tasks import NATIVE_GYMNASIUM_TASKS as NATIVE_GYMNASIUM_TASKS
 from nfn_rl.envs._gym_tasks import NativeGymnasiumRollout as NativeGymnasiumRollout
 from nfn_rl.envs._gymnasium import GymnasiumEnv as GymnasiumEnv
 from nfn_rl.envs._gymnasium import GymnasiumVectorRollout as GymnasiumVectorRollout

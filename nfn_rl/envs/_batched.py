@@ -90,9 +90,7 @@ class PhysicsPool:
     episode runs on one thread from a fully specified state).
     """
 
-    def __init__(
-        self, task: BatchedTask, num_threads: int | None = None, *, overlap: bool = True
-    ):
+    def __init__(self, task: BatchedTask, num_threads: int | None = None, *, overlap: bool = True):
         if num_threads is None:
             num_threads = len(os.sched_getaffinity(0))
         if num_threads < 1:
@@ -170,7 +168,8 @@ class PhysicsPool:
             raise ValueError(f"horizon must be positive, got {np.min(episode_limit)}")
         limit = int(episode_limit.max())
         task = self.task
-        obs = task.observation(start[:, 1 : 1 + self.nq], start[:, 1 + self.nq : 1 + self.nq + self.nv])
+        nq, nv = self.nq, self.nv
+        obs = task.observation(start[:, 1 : 1 + nq], start[:, 1 + nq : 1 + nq + nv])
         lengths = np.zeros(num, np.int32)
         returns = np.zeros(num, np.float64)
         trajectory = None

@@ -51,9 +51,7 @@ class GymnasiumTask(BatchedTask):
     def controls(self, actions):
         return actions
 
-    def reset_noise(
-        self, seed: int
-    ) -> tuple[Float[np.ndarray, " nq"], Float[np.ndarray, " nv"]]:
+    def reset_noise(self, seed: int) -> tuple[Float[np.ndarray, " nq"], Float[np.ndarray, " nv"]]:
         """``(qpos, qvel)`` of Gymnasium's ``reset(seed=seed)``: its generator, its draws."""
         rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed)))
         scale = self.reset_noise_scale
@@ -182,7 +180,7 @@ class Walker2d(_Locomotion):
     healthy_angle_range = (-1.0, 1.0)
 
 
-NATIVE_TASKS: dict[str, type[GymnasiumTask]] = {
+NATIVE_GYMNASIUM_TASKS: dict[str, type[GymnasiumTask]] = {
     task.env_id: task for task in (InvertedPendulum, Swimmer, HalfCheetah, Hopper, Walker2d)
 }
 """The Gymnasium ids with a native batched version."""
@@ -197,12 +195,11 @@ class NativeGymnasiumRollout:
     """
 
     def __init__(self, env_id: str, num_threads: int | None = None, *, overlap: bool = True):
-        if env_id not in NATIVE_TASKS:
-            raise ValueError(
-                f"no native version of {env_id!r}; native: {', '.join(sorted(NATIVE_TASKS))}"
-            )
+        if env_id not in NATIVE_GYMNASIUM_TASKS:
+            native = ", ".join(sorted(NATIVE_GYMNASIUM_TASKS))
+            raise ValueError(f"no native version of {env_id!r}; native: {native}")
         self.env_id = env_id
-        self.task = NATIVE_TASKS[env_id]()
+        self.task = NATIVE_GYMNASIUM_TASKS[env_id]()
         self.pool = PhysicsPool(self.task, num_threads, overlap=overlap)
         self._centre = (self.task.action_high + self.task.action_low) / 2
         self._half_range = (self.task.action_high - self.task.action_low) / 2

@@ -7,9 +7,8 @@ have a native version, otherwise in Gymnasium's own vector API (``gymnasium.vect
 one Python ``step`` per environment and step: general, and far slower).
 """
 
-from collections.abc import Sequence
-
 import threading
+from collections.abc import Sequence
 
 import equinox as eqx
 import gymnasium
@@ -19,7 +18,7 @@ import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree, UInt32
 
 from nfn_rl.envs._batched import unpack_mlp
-from nfn_rl.envs._gym_tasks import NATIVE_TASKS, NativeGymnasiumRollout
+from nfn_rl.envs._gym_tasks import NATIVE_GYMNASIUM_TASKS, NativeGymnasiumRollout
 from nfn_rl.envs._protocol import Environment, EnvState
 
 BACKENDS = ("auto", "native", "gymnasium")
@@ -116,10 +115,10 @@ class GymnasiumEnv(Environment):
     """A registered Gymnasium environment whose episodes run on the host.
 
     ``GymnasiumEnv("Swimmer-v5", horizon=None, backend="auto")``: ``horizon`` defaults to the
-    spec's ``max_episode_steps``; ``backend`` "native" (MuJoCo's C engine over the batch; only
-    the ids in `NATIVE_TASKS`), "gymnasium" (Gymnasium's vector API) or "auto" (native where it
-    exists). Episode returns are the undiscounted sums of Gymnasium's rewards, from the reset
-    Gymnasium's ``reset(seed=s)`` gives, with ``s`` from the episode's key (so runs are
+    spec's ``max_episode_steps``; ``backend`` "native" (MuJoCo's C engine over the batch; the
+    ids in `NATIVE_GYMNASIUM_TASKS` only), "gymnasium" (Gymnasium's vector API) or "auto" (native
+    where it exists). Episode returns are the undiscounted sums of Gymnasium's rewards, from the
+    reset Gymnasium's ``reset(seed=s)`` gives, with ``s`` from the episode's key (so runs are
     deterministic for a seed). Observations reach the policy in float32.
 
     Only whole episodes of MLP policies run (`nfn_rl.episode_length_and_return`, what EPVF
@@ -150,13 +149,11 @@ class GymnasiumEnv(Environment):
             raise ValueError(f"Gymnasium env {env_id!r} has no max_episode_steps; pass horizon")
         if horizon < 1:
             raise ValueError(f"horizon must be >= 1, got {horizon}")
-        if backend == "native" and env_id not in NATIVE_TASKS:
-            raise ValueError(
-                f"backend='native': no native version of {env_id!r}; native: "
-                f"{', '.join(sorted(NATIVE_TASKS))}"
-            )
+        if backend == "native" and env_id not in NATIVE_GYMNASIUM_TASKS:
+            native = ", ".join(sorted(NATIVE_GYMNASIUM_TASKS))
+            raise ValueError(f"backend='native': no native version of {env_id!r}; native: {native}")
         if backend == "auto":
-            backend = "native" if env_id in NATIVE_TASKS else "gymnasium"
+            backend = "native" if env_id in NATIVE_GYMNASIUM_TASKS else "gymnasium"
         if backend == "native":
             host = NativeGymnasiumRollout(env_id)
             obs_size, action_size, discrete = (
@@ -249,4 +246,3 @@ def _sizes(env_id: str, host: GymnasiumVectorRollout) -> tuple[int, int, bool]:
             "(EPVF needs a bounded one-dimensional Box or a Discrete space)"
         )
     return obs_space.shape[0], action_space.shape[0], False
-
