@@ -4,7 +4,7 @@
     python examples/gymnasium_epvf.py --env InvertedPendulum-v5 --seeds 3
     python examples/gymnasium_epvf.py --env Hopper-v5 --config.iterations 400
     python examples/gymnasium_epvf.py --env Swimmer-v5 --resume        # continue a run
-    python examples/gymnasium_epvf.py --env Swimmer-v5 --evaluate      # report a finished run
+    python examples/gymnasium_epvf.py --evaluate --out runs/gymnasium_epvf/Swimmer-v5  # report
 
 `--env` chooses the starting config (`TASK_DEFAULTS`; any other registered Gymnasium id starts
 from the InvertedPendulum one); every `EPVFConfig` field is a flag of its own (`--help`). Each
@@ -98,8 +98,10 @@ def default_args(env: str) -> Args:
 
 
 def main(args: Args) -> None:
-    if args.config.env != args.env:
+    if args.config.env != args.env and not args.evaluate:
         raise ValueError(f"--env {args.env} but --config.env {args.config.env}: give one")
+    if args.out is None and args.evaluate:
+        raise ValueError("--evaluate needs --out, the run directory to report")
     out = args.out or Path("runs/gymnasium_epvf") / args.env
     start = time.perf_counter()
     if not args.evaluate:

@@ -22,6 +22,7 @@ import jax
 import mujoco
 import numpy as np
 import pytest
+from example_runner import run_example
 
 import nfn_rl
 from nfn_rl import make_policy, perturb_population
@@ -263,3 +264,21 @@ def test_results_do_not_depend_on_threads_overlap_or_concurrent_callers():
     env.close()
     with pytest.raises(RuntimeError, match="closed"):
         env.host.episode_lengths_and_returns(params, static, seeds, 100)
+
+
+def test_example_trains_seeds_and_reports_against_the_threshold(tmp_path):
+    flags = (
+        "--env InvertedPendulum-v5 --seeds 2 --no-progress --config.iterations 2 "
+        "--config.num-envs 16 --config.batch-size 16 --config.policy-width 8 "
+        "--config.log-interval 1 --config.eval-interval 1 --config.checkpoint-interval 1"
+    ).split()
+    out = run_example("gymnasium_epvf.py", *flags, "--out", str(tmp_path))
+    lines = [line for line in out.splitlines() if line.startswith("seed ")]
+    assert [line.split(":")[0] for line in lines] == ["seed 0", "seed 1"]
+    assert all("(threshold 950: not reached)" in line for line in lines)
+    again = run_example("gymnasium_epvf.py", "--evaluate", "--out", str(tmp_path))
+    evaluated = [line for line in again.splitlines() if line.startswith("seed ")]
+    # The same checkpoints, the same evaluation episodes: the same returns.
+    assert [line.split(" after")[0] for line in evaluated] == [
+        line.split(" after")[0] for line in lines
+    ]
