@@ -104,7 +104,6 @@ def main(args: Args) -> None:
         few = jax.tree.map(lambda x: x[: args.gym_envs], params)
         gym_rate = _steps_per_second(gym, few, static, seeds[: args.gym_envs], args.horizon)
         gym.close()
-        env.host.close()
         ratios.append(native_rate / gym_rate)
         print(
             f"{env_id:<26}{native_rate:>16,.0f}{gym_rate:>14,.0f}{ratios[-1]:>8.1f}x"

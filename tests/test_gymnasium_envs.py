@@ -140,7 +140,7 @@ def test_policy_returns_match_gymnasiums_vector_loop_per_seed_and_in_distributio
     env_id, num = "Hopper-v5", 48
     env = GymnasiumEnv(env_id)
     params, static = _population(env, num, scale=0.1)
-    native, gym = env.host, GymnasiumVectorRollout(env_id, env.horizon)
+    native, gym = env.rollout(), GymnasiumVectorRollout(env_id, env.horizon)
     seeds = list(range(num))
     native_lengths, native_returns = native.episode_lengths_and_returns(
         params, static, seeds, env.horizon
@@ -160,6 +160,7 @@ def test_policy_returns_match_gymnasiums_vector_loop_per_seed_and_in_distributio
     assert native_returns.std() > 0  # the reset noise matters
     error = np.sqrt(native_returns.var() / 256 + gym_returns.var() / 64)
     assert abs(native_returns.mean() - gym_returns.mean()) < 4 * error
+    native.close()
     gym.close()
 
 
@@ -214,6 +215,7 @@ def test_any_gymnasium_id_runs_through_the_vector_api():
 def test_native_is_the_default_where_it_exists_and_keys_pick_gymnasium_seeds():
     env = make_env("Swimmer-v5")
     assert env.backend == "native" and env.reward_threshold == 360
+    assert env == make_env("Swimmer-v5")  # equal envs: one compilation
     assert (env.observation_size, env.action_size, env.horizon) == (8, 2, 1000)
     keys = jax.random.split(jax.random.key(3), 4)
     assert len(set(seeds_of(np.asarray(jax.vmap(jax.random.key_data)(keys))))) == 4
@@ -246,7 +248,8 @@ def test_results_do_not_depend_on_threads_overlap_or_concurrent_callers():
     env = GymnasiumEnv(env_id)
     params, static = _population(env, num, scale=0.1)
     seeds = list(range(num))
-    reference = env.host.episode_lengths_and_returns(params, static, seeds, 100)
+    native = env.rollout()
+    reference = native.episode_lengths_and_returns(params, static, seeds, 100)
     for threads, overlap in ((1, True), (2, False)):
         other = NativeGymnasiumRollout(env_id, threads, overlap=overlap)
         result = other.episode_lengths_and_returns(params, static, seeds, 100)
@@ -255,15 +258,15 @@ def test_results_do_not_depend_on_threads_overlap_or_concurrent_callers():
             np.testing.assert_array_equal(a, b)
     with ThreadPoolExecutor(2) as callers:
         calls = [
-            callers.submit(env.host.episode_lengths_and_returns, params, static, seeds, 100)
+            callers.submit(native.episode_lengths_and_returns, params, static, seeds, 100)
             for _ in range(2)
         ]
         for call in calls:
             for a, b in zip(reference, call.result()):
                 np.testing.assert_array_equal(a, b)
-    env.close()
+    native.close()
     with pytest.raises(RuntimeError, match="closed"):
-        env.host.episode_lengths_and_returns(params, static, seeds, 100)
+        native.episode_lengths_and_returns(params, static, seeds, 100)
 
 
 def test_example_trains_seeds_and_reports_against_the_threshold(tmp_path):

@@ -208,6 +208,12 @@ class NativeGymnasiumRollout:
         """Stop the thread pool; no episodes after."""
         self.pool.close()
 
+    def __enter__(self) -> "NativeGymnasiumRollout":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def reset_states(self, seeds: Sequence[int]) -> Float[np.ndarray, "n nstate"]:
         """The physics states Gymnasium's ``reset(seed=s)`` starts from, one per seed."""
         pairs = [self.task.reset_noise(int(seed)) for seed in seeds]

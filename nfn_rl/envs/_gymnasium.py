@@ -56,10 +56,17 @@ class GymnasiumVectorRollout:
         probe.close()
 
     def close(self) -> None:
+        """Close the Gymnasium envs."""
         with self._lock:
             for env in self._vector_envs.values():
                 env.close()
             self._vector_envs.clear()
+
+    def __enter__(self) -> "GymnasiumVectorRollout":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def _vector_env(self, num: int) -> gymnasium.vector.SyncVectorEnv:
         if num not in self._vector_envs:
@@ -121,6 +128,10 @@ class GymnasiumEnv(Environment):
     reset Gymnasium's ``reset(seed=s)`` gives, with ``s`` from the episode's key (so runs are
     deterministic for a seed). Observations reach the policy in float32.
 
+    Each host call opens its own rollout (`rollout`: a thread pool, or Gymnasium's envs) and
+    closes it before returning, so the env holds no threads or MuJoCo data between calls and two
+    equal ones (same id, horizon, backend and ``num_threads``) compile once.
+
     Only whole episodes of MLP policies run (`nfn_rl.episode_length_and_return`, what EPVF
     needs); `reset` and `step` raise, so critics that measure observation statistics (the
     probing ones) and the PPO/SAC baselines do not apply. A program with a host callback is not
@@ -129,15 +140,21 @@ class GymnasiumEnv(Environment):
 
     env_id: str = eqx.field(static=True)
     backend: str = eqx.field(static=True)
+    num_threads: int | None = eqx.field(static=True)
     observation_size: int = eqx.field(static=True)
     action_size: int = eqx.field(static=True)
     discrete: bool = eqx.field(static=True)
     horizon: int = eqx.field(static=True)
     max_return: float = eqx.field(static=True)
     reward_threshold: float | None = eqx.field(static=True)
-    host: NativeGymnasiumRollout | GymnasiumVectorRollout = eqx.field(static=True)
 
-    def __init__(self, env_id: str, horizon: int | None = None, backend: str = "auto"):
+    def __init__(
+        self,
+        env_id: str,
+        horizon: int | None = None,
+        backend: str = "auto",
+        num_threads: int | None = None,
+    ):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         spec = gymnasium_spec(env_id)
@@ -149,39 +166,37 @@ class GymnasiumEnv(Environment):
             raise ValueError(f"Gymnasium env {env_id!r} has no max_episode_steps; pass horizon")
         if horizon < 1:
             raise ValueError(f"horizon must be >= 1, got {horizon}")
+        if num_threads is not None and num_threads < 1:
+            raise ValueError(f"num_threads must be positive, got {num_threads}")
         if backend == "native" and env_id not in NATIVE_GYMNASIUM_TASKS:
             native = ", ".join(sorted(NATIVE_GYMNASIUM_TASKS))
             raise ValueError(f"backend='native': no native version of {env_id!r}; native: {native}")
         if backend == "auto":
             backend = "native" if env_id in NATIVE_GYMNASIUM_TASKS else "gymnasium"
         if backend == "native":
-            host = NativeGymnasiumRollout(env_id)
-            obs_size, action_size, discrete = (
-                host.task.observation_size,
-                host.task.action_size,
-                False,
-            )
+            task = NATIVE_GYMNASIUM_TASKS[env_id]()
+            obs_size, action_size, discrete = task.observation_size, task.action_size, False
         else:
             try:
-                host = GymnasiumVectorRollout(env_id, horizon)
+                probe = gymnasium.make(env_id)
             except gymnasium.error.Error as error:
                 raise ValueError(
                     f"Gymnasium env {env_id!r} cannot be made: {str(error).splitlines()[0]}"
                 ) from None
-            try:
-                obs_size, action_size, discrete = _sizes(env_id, host)
-            except ValueError:
-                host.close()
-                raise
-        self.env_id, self.backend, self.host = env_id, backend, host
+            probe.close()
+            obs_size, action_size, discrete = _sizes(env_id, probe)
+        self.env_id, self.backend, self.num_threads = env_id, backend, num_threads
         self.observation_size, self.action_size, self.discrete = obs_size, action_size, discrete
         self.horizon = int(horizon)
         self.reward_threshold = spec.reward_threshold
         self.max_return = float("inf")
 
-    def close(self) -> None:
-        """Release the host resources (thread pool or Gymnasium envs); no episodes after."""
-        self.host.close()
+    def rollout(self) -> "NativeGymnasiumRollout | GymnasiumVectorRollout":
+        """A new host rollout of this env, native or Gymnasium's (close it, or use it as a
+        context manager)."""
+        if self.backend == "native":
+            return NativeGymnasiumRollout(self.env_id, self.num_threads)
+        return GymnasiumVectorRollout(self.env_id, self.horizon)
 
     def reset(self, key: PRNGKeyArray) -> EnvState:
         raise NotImplementedError(self._whole_episodes_only())
@@ -204,7 +219,9 @@ class GymnasiumEnv(Environment):
         if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
             key = jax.random.key_data(key)
         ndims = [leaf.ndim for leaf in jax.tree.leaves(params)]
-        host, horizon = self.host, self.horizon
+        # One per traced program: its host calls (one per device under `shard_map`, from
+        # different threads) run in turn rather than start pools on the same cores at once.
+        one_at_a_time = threading.Lock()
 
         def on_host(params, key_data):
             key_data = np.asarray(key_data)
@@ -214,9 +231,10 @@ class GymnasiumEnv(Environment):
                 params,
                 jax.tree.unflatten(jax.tree.structure(params), ndims),
             )
-            lengths, returns = host.episode_lengths_and_returns(
-                flat, static, seeds_of(key_data), horizon
-            )
+            with one_at_a_time, self.rollout() as host:
+                lengths, returns = host.episode_lengths_and_returns(
+                    flat, static, seeds_of(key_data), self.horizon
+                )
             return (
                 lengths.astype(np.int32).reshape(batch_shape),
                 returns.astype(np.float32).reshape(batch_shape),
@@ -226,10 +244,10 @@ class GymnasiumEnv(Environment):
         return jax.pure_callback(on_host, shapes, params, key, vmap_method="broadcast_all")
 
 
-def _sizes(env_id: str, host: GymnasiumVectorRollout) -> tuple[int, int, bool]:
+def _sizes(env_id: str, env: gymnasium.Env) -> tuple[int, int, bool]:
     """Observation size, action size and discreteness of a Gymnasium env's spaces; ValueError
     naming the id and the space where EPVF cannot use it."""
-    obs_space, action_space = host.observation_space, host.action_space
+    obs_space, action_space = env.observation_space, env.action_space
     if not isinstance(obs_space, gymnasium.spaces.Box) or len(obs_space.shape) != 1:
         raise ValueError(
             f"Gymnasium env {env_id!r}: observation space {obs_space} is not supported "
