@@ -285,3 +285,26 @@ def test_example_trains_seeds_and_reports_against_the_threshold(tmp_path):
     assert [line.split(" after")[0] for line in evaluated] == [
         line.split(" after")[0] for line in lines
     ]
+
+
+def test_a_failing_actor_leaves_the_pool_usable():
+    """An exception in the host work of an overlapped call waits for the physics in flight, so
+    the next call on the same pool is unaffected."""
+
+    class Failing(OpenLoopActor):
+        def rows(self, rows):
+            return Failing(self.actions[rows])
+
+        def __call__(self, obs, live, step):
+            if step == 3:
+                raise ArithmeticError("actor failed")
+            return super().__call__(obs, live, step)
+
+    with NativeGymnasiumRollout("Swimmer-v5") as native:
+        actions = np.zeros((128, 10, 2), np.float32)
+        start = native.reset_states(range(128))
+        reference = native.pool.play(OpenLoopActor(actions), start, 10)
+        with pytest.raises(ArithmeticError, match="actor failed"):
+            native.pool.play(Failing(actions), start, 10)
+        for a, b in zip(reference, native.pool.play(OpenLoopActor(actions), start, 10)):
+            np.testing.assert_array_equal(a, b)

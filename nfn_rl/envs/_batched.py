@@ -10,6 +10,7 @@ physics of one (on the pool, without the GIL) overlaps the host work of the othe
 
 import abc
 import collections
+import concurrent.futures
 import os
 import threading
 from collections.abc import Callable
@@ -236,9 +237,13 @@ class PhysicsPool:
                         ready.append((batch, batch.act()))
                 running = launched
         finally:
-            # No physics call outlives this one (an exception in the host work above).
-            if running is not None:
-                running[1].exception()
+            # No physics call outlives this one, even when the host work above raised or was
+            # interrupted: the next call would race it on the same pool and MjData.
+            while running is not None and not running[1].done():
+                try:
+                    concurrent.futures.wait([running[1]])
+                except KeyboardInterrupt:  # at most one control step to wait; the first counts
+                    pass
 
     def step_physics(
         self,
