@@ -15,6 +15,7 @@ import jax
 import tyro
 
 import nfn_rl
+from nfn_rl.population import PopulationTrainer
 
 T = TypeVar("T")
 
@@ -80,14 +81,28 @@ def seed_runs(out: Path) -> list[Path]:
 
 def report(out: Path, *, start: float) -> None:
     """Evaluate the trained policy of each seed's run directory under `out` once, from its
-    checkpoint, and print what the number means."""
+    checkpoint, and print what the number means.
+
+    For EPVF and ES the number is the mean return of the trained policy's perturbations (the
+    training noise; `nfn_rl.population.PopulationTrainer.neighbourhood_return`) with its
+    standard error, beside the exact deterministic episode: one episode of a torque Ant policy
+    swings between 0 and 20 from one evaluation to the next, the mean of 2048 does not.
+    """
     for run in seed_runs(out):
         trainer, state, header = nfn_rl.load_run(run)
-        value = float(_episode_return(trainer.env, trainer.policy(state), jax.random.key(0)))
         best = trainer.env.max_return
+        exact = float(_episode_return(trainer.env, trainer.policy(state), jax.random.key(0)))
+        if isinstance(trainer, PopulationTrainer):
+            mean, error = (float(x) for x in _neighbourhood(trainer, state, jax.random.key(1)))
+            measure = (
+                f"eval return {mean:.4g} ± {error:.2g} of {best:.0f} ({100 * mean / best:.0f}%; "
+                f"mean ± standard error over {trainer.config.num_envs} perturbations of the "
+                f"trained policy, one episode each; the unperturbed policy's episode: {exact:.4g})"
+            )
+        else:
+            measure = f"eval return {exact:.4g} of {best:.0f} ({100 * exact / best:.0f}%)"
         print(
-            f"seed {header['seed']}: eval return {value:.4g} of {best:.0f} "
-            f"({100 * value / best:.0f}%) after {header['env_steps']:,} env steps "
+            f"seed {header['seed']}: {measure} after {header['env_steps']:,} env steps "
             f"(iteration {header['iteration']} of {trainer.config.iterations}); "
             f"{time.perf_counter() - start:.0f} s in this process; run in {run}"
         )
@@ -96,3 +111,8 @@ def report(out: Path, *, start: float) -> None:
 @eqx.filter_jit
 def _episode_return(env, policy, key):
     return nfn_rl.episode_return(env, policy, key)
+
+
+@eqx.filter_jit
+def _neighbourhood(trainer, state, key):
+    return trainer.neighbourhood_return(state, key=key)

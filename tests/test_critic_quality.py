@@ -97,6 +97,27 @@ def test_a_critic_that_is_the_return_function_scores_one(trainer_and_state):
     assert float(quality["critic_r2_unseen"]) < -1
 
 
+def test_relative_targets_ignore_the_level_of_the_predictions(trainer_and_state):
+    trainer, state = trainer_and_state
+    _, candidates = _population(trainer, state)
+    returns = trainer._value(state.critic, candidates) ** 3
+    valid = jnp.ones(returns.shape, bool)
+    shifted = eqx.tree_at(
+        lambda c: c.mlp.layers[-1].bias, state.critic, replace_fn=lambda b: b + 100
+    )
+    for targets in ("centered_ranks", "standardized"):
+        ranked = dataclasses.replace(
+            trainer, config=dataclasses.replace(CARTPOLE, critic_targets=targets)
+        )
+        before = ranked.critic_quality(state.critic, candidates, returns, valid)
+        after = ranked.critic_quality(shifted, candidates, returns, valid)
+        np.testing.assert_allclose(before["critic_r2_unseen"], after["critic_r2_unseen"], atol=1e-4)
+    # Raw returns have a level to predict: getting it wrong by 100 costs R^2.
+    before = trainer.critic_quality(state.critic, candidates, returns, valid)
+    after = trainer.critic_quality(shifted, candidates, returns, valid)
+    assert float(after["critic_r2_unseen"]) < float(before["critic_r2_unseen"]) - 1
+
+
 def _linear_critic(trainer, state):
     """The config's critic swapped for a flat critic of depth 0: linear in the parameters."""
     policy = trainer.policy(state)

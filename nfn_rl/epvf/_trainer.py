@@ -189,9 +189,18 @@ class EPVFTrainer(PopulationTrainer):
     ) -> dict[str, Float[Array, ""]]:
         """How well `critic` predicts this iteration's `returns` of the `candidates` (before
         it trains on them): `critic_r2_unseen` and `critic_spearman_unseen`, in the units of
-        `critic_targets`."""
+        `critic_targets`.
+
+        Standardised and centred-rank targets have mean 0 in every batch by construction, so
+        their level carries nothing to predict: for them the predictions are compared after
+        subtracting their own mean over the batch (a critic that only gets the level wrong
+        still has R^2 below 0 in raw returns).
+        """
         predictions = self._value(critic, candidates)
         targets = shape_returns(self.config.critic_targets, returns, valid)
+        if self.config.critic_targets != "returns":
+            level = jnp.sum(jnp.where(valid, predictions, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
+            predictions = predictions - level
         return {
             "critic_r2_unseen": r_squared(predictions, targets, valid),
             "critic_spearman_unseen": spearman(predictions, targets, valid),

@@ -4,6 +4,7 @@ schedule, and the paper's recipe for perturbing and moving the policy."""
 from typing import Any
 
 from nfn_rl.envs import ANT_TASKS
+from nfn_rl.run._config import schedule
 
 POPULATION_RECIPE: dict[str, Any] = dict(
     noise="uniform_scaled",
@@ -18,47 +19,19 @@ POPULATION_RECIPE: dict[str, Any] = dict(
 clipped to [-0.1, 0.1] after the policy steps, policy learning rate decaying exponentially
 1e-3 -> 1e-7."""
 
-# The Ant resets deterministically to its home pose, so one evaluation episode is exact.
 ANT_POPULATIONS: dict[str, dict[str, Any]] = {
     # End to end in well under a minute on 2 CPU cores, compile included: used by the tests.
-    "smoke": dict(
-        **ANT_TASKS["smoke"],
-        num_envs=16,
-        iterations=4,
-        log_interval=2,
-        eval_interval=2,
-        eval_episodes=1,
-        checkpoint_interval=2,
-        policy_width=16,
-        policy_depth=2,
-    ),
+    "smoke": dict(**ANT_TASKS["smoke"], num_envs=16, policy_width=16, policy_depth=2)
+    | schedule(iterations=4, log_interval=2, checkpoint_interval=2),
     # The paper's regime on a CPU: at least 2048 perturbed policies per iteration.
-    "cpu": dict(
-        **ANT_TASKS["cpu"],
-        num_envs=2048,
-        iterations=240,
-        log_interval=5,
-        eval_interval=5,
-        eval_episodes=1,
-        checkpoint_interval=20,
-        policy_width=32,
-        policy_depth=2,
-        # Deviation from the recipe's 1e-7: over 240 iterations 1e-3 -> 1e-7 leaves the second
-        # half of the run with steps below 1e-5.
-        policy_lr_end=1e-5,
-    ),
+    "cpu": dict(**ANT_TASKS["cpu"], num_envs=2048, policy_width=32, policy_depth=2)
+    | schedule(iterations=240, log_interval=5, checkpoint_interval=20)
+    # Deviation from the recipe's 1e-7: over 240 iterations 1e-3 -> 1e-7 leaves the second half
+    # of the run with steps below 1e-5.
+    | dict(policy_lr_end=1e-5),
     # The paper's scale (4096 envs, horizon 1000): for a GPU.
-    "paper": dict(
-        **ANT_TASKS["paper"],
-        num_envs=4096,
-        iterations=250,
-        log_interval=5,
-        eval_interval=5,
-        eval_episodes=1,
-        checkpoint_interval=25,
-        policy_width=64,
-        policy_depth=2,
-    ),
+    "paper": dict(**ANT_TASKS["paper"], num_envs=4096, policy_width=64, policy_depth=2)
+    | schedule(iterations=250, log_interval=5, checkpoint_interval=25),
 }
 """Each preset's task (`nfn_rl.envs.ANT_TASKS`), perturbed policies per iteration, schedule
 (iterations, log, evaluation and checkpoint intervals) and policy size, with any deviation

@@ -126,6 +126,22 @@ class PopulationTrainer(Trainer):
         lengths, returns = self.split(self._returns(candidates, keys))
         return candidates, lengths, returns
 
+    def neighbourhood_return(
+        self, state, *, key: PRNGKeyArray
+    ) -> tuple[Float[Array, ""], Float[Array, ""]]:
+        """The mean return of `num_envs` perturbations of the trained policy (the training
+        noise, one episode each) and its standard error: a measure of the final policy that a
+        single deterministic episode's luck does not decide, comparable across methods that
+        share the population."""
+        _, _, returns = self.collect(state.policy, key=key)
+        finite = jnp.isfinite(returns)
+        count = jnp.maximum(jnp.sum(finite), 1)
+        mean = jnp.sum(jnp.where(finite, returns, 0.0)) / count
+        variance = jnp.sum(jnp.where(finite, (returns - mean) ** 2, 0.0)) / jnp.maximum(
+            count - 1, 1
+        )
+        return mean, jnp.sqrt(variance / count)
+
     def _returns(
         self, params: PyTree[Array], keys: Key[Array, " n"]
     ) -> tuple[Int[Array, " n"], Float[Array, " n"]]:

@@ -116,6 +116,19 @@ class TrainConfig:
         return cls.from_dict(json.loads(text))
 
 
+def schedule(*, iterations: int, log_interval: int, checkpoint_interval: int) -> dict[str, int]:
+    """The host loop's fields of a preset: `iterations`, a jitted chunk (and a metrics row
+    flush) every `log_interval` iterations, one evaluation episode at the end of each chunk
+    (the Ant's reset is deterministic), and checkpoints every `checkpoint_interval`."""
+    return dict(
+        iterations=iterations,
+        log_interval=log_interval,
+        eval_interval=log_interval,
+        eval_episodes=1,
+        checkpoint_interval=checkpoint_interval,
+    )
+
+
 def with_fields(cls: type[TrainConfig], fields: dict[str, Any]) -> TrainConfig:
     """`cls(**fields)`, refusing unknown field names by name (presets and overrides)."""
     known = {field.name for field in dataclasses.fields(cls)}

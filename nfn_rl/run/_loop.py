@@ -352,12 +352,17 @@ def _critic_never_stepped(metrics: dict) -> bool:
 
 
 def _progress(metrics: dict, chunk_rows: list[list[dict]], seconds: float) -> dict[str, str]:
-    """The progress bar's postfix: steps/s of all seeds, and the last returns of the first."""
+    """The progress bar's postfix: steps/s of all seeds, and the last returns of the first (with
+    its critic's unseen R^2 and ES cosine, where it has a critic of policies)."""
     rows = chunk_rows[0]
     evals = [r["eval_return"] for r in rows if r["evaluated"]]
     returns = [r["return_mean"] for r in rows if not math.isnan(r["return_mean"])]
-    return {
+    postfix = {
         "steps_per_s": f"{int(np.sum(metrics['episode_steps'])) / max(seconds, 1e-9):.3g}",
         "ret": f"{returns[-1]:.1f}" if returns else "-",
         "eval": f"{evals[-1]:.1f}" if evals else "-",
     }
+    for name, short in (("critic_r2_unseen", "r2"), ("critic_es_cosine", "es_cos")):
+        if not math.isnan(rows[-1][name]):
+            postfix[short] = f"{rows[-1][name]:.3f}"
+    return postfix

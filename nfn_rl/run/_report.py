@@ -25,6 +25,9 @@ METRIC_COLUMNS = (
 """The columns of `metrics.csv`. `run_id` names the run a row belongs to; `evaluated` is 1 on
 the iterations with an evaluation (whose `eval_return` may still be NaN: a non-finite
 evaluation), 0 elsewhere."""
+CRITIC_QUALITY_COLUMNS = ("critic_r2_unseen", "critic_spearman_unseen", "critic_es_cosine")
+"""The columns of a critic of policies' quality (`nfn_rl.run.CRITIC_QUALITY_METRICS`): NaN for
+methods without one."""
 _INT_COLUMNS = {"iteration", "env_steps", "evaluated", "nonfinite_returns", "skipped_updates"}
 _STR_COLUMNS = {"run_id"}
 
@@ -86,16 +89,18 @@ def read_metrics(path: Path, *, drop_incomplete: bool = False) -> list[dict]:
 
 
 def plot_returns(rows: list[dict], path: Path) -> None:
-    """Returns against environment steps and against wall-clock time, saved to `path`."""
+    """Returns against environment steps and against wall-clock time, saved to `path`; runs
+    whose critic reads policies (EPVF) get a third panel with its quality metrics."""
     # Imported here: matplotlib takes a second to import and only the end of a run needs it. A
     # bare `Figure` draws with the Agg canvas without touching pyplot's global backend, so a
     # notebook that trains keeps its inline plots.
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(10, 4))
-    axes = fig.subplots(1, 2, sharey=True)
+    quality = [name for name in CRITIC_QUALITY_COLUMNS if any(_finite(r[name]) for r in rows)]
+    fig = Figure(figsize=(15 if quality else 10, 4))
+    axes = fig.subplots(1, 3 if quality else 2)
     for ax, x_name, label in zip(
-        axes, ("env_steps", "wall_s"), ("environment steps", "wall-clock time [s]"), strict=True
+        axes, ("env_steps", "wall_s"), ("environment steps", "wall-clock time [s]"), strict=False
     ):
         x = [r[x_name] for r in rows]
         ax.plot(x, [r["return_mean"] for r in rows], lw=1, label="training episodes (mean)")
@@ -103,11 +108,26 @@ def plot_returns(rows: list[dict], path: Path) -> None:
         if evals:
             ax.plot(*zip(*evals, strict=True), lw=1.5, label="trained policy (eval)")
         ax.set_xlabel(label)
+        ax.set_ylabel("undiscounted return")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("undiscounted return")
     axes[0].legend()
+    if quality:
+        ax = axes[2]
+        x = [r["env_steps"] for r in rows]
+        for name in quality:
+            ax.plot(x, [r[name] for r in rows], lw=1, label=name)
+        ax.axhline(0.0, color="black", lw=0.5)
+        ax.set_xlabel("environment steps")
+        ax.set_ylabel("critic quality")
+        ax.set_ylim(-0.5, 1.0)
+        ax.grid(alpha=0.3)
+        ax.legend()
     fig.tight_layout()
     # Written beside `path`, then renamed over it: a reader never sees half a picture.
     tmp = path.with_name(path.name + ".tmp")
     fig.savefig(tmp, dpi=120, format="png")
     os.replace(tmp, path)
+
+
+def _finite(value: float) -> bool:
+    return isinstance(value, float) and math.isfinite(value)

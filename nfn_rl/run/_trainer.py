@@ -14,6 +14,7 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree, UInt32
 
 from nfn_rl.envs import Environment, episode_return
 from nfn_rl.run._config import TrainConfig
+from nfn_rl.run._report import CRITIC_QUALITY_COLUMNS
 
 UPDATE_METRICS = (
     "episode_steps",
@@ -27,7 +28,7 @@ UPDATE_METRICS = (
 """The metrics `Trainer.update` returns; `Trainer.iteration` adds `eval_return` and
 `evaluated`."""
 
-CRITIC_QUALITY_METRICS = ("critic_r2_unseen", "critic_spearman_unseen", "critic_es_cosine")
+CRITIC_QUALITY_METRICS = CRITIC_QUALITY_COLUMNS
 """The metrics of a critic of policies (EPVF) that `Trainer.update` may add: its R^2 and rank
 correlation on an iteration's returns before it trains on them, and the cosine between its
 policy gradient and the ES estimate from the same perturbations. NaN where `update` has none."""
