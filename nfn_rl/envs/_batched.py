@@ -84,7 +84,7 @@ class PhysicsPool:
 
     A plain class, not an `equinox.Module`: it owns a native thread pool and per-thread ``MjData``
     scratch, mutable host resources that must not be traced, copied or compared as pytree leaves.
-    ``num_threads`` defaults to the CPUs this process may run on. Release the pool with `close` or
+    ``num_threads`` defaults to `usable_cpus`. Release the pool with `close` or
     by using it as a context manager. Calls from several threads (JAX may run the host callbacks
     of several devices at once) take turns. Results are
     deterministic for a given input and do not depend on ``num_threads`` or ``overlap`` (each
@@ -93,7 +93,7 @@ class PhysicsPool:
 
     def __init__(self, task: BatchedTask, num_threads: int | None = None, *, overlap: bool = True):
         if num_threads is None:
-            num_threads = len(os.sched_getaffinity(0))
+            num_threads = usable_cpus()
         if num_threads < 1:
             raise ValueError(f"num_threads must be positive, got {num_threads}")
         self.task = task
@@ -434,7 +434,7 @@ def mlp_forward(
     for index, (weight, bias) in enumerate(layers):
         x = np.matmul(weight, x[:, :, None])[:, :, 0]
         if bias is not None:
-            x = x + bias
+            x += bias  # in place: the matmul's output is a fresh array
         x = (final_activation if index == len(layers) - 1 else activation)(x)
     return x
 
@@ -445,7 +445,17 @@ def numpy_activation(fn: Callable) -> Callable:
         return np.tanh
     if fn is jax.nn.relu:
         return lambda x: np.maximum(x, 0.0)
+    # A copy: NumPy's view of a JAX array is read-only, and the actions are clipped in place.
     return lambda x: np.array(fn(x), np.float32)
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity (which schedulers and ``taskset`` set),
+    else the machine's count where the platform has no affinity."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
 
 
 def unpack_mlp(
@@ -454,6 +464,16 @@ def unpack_mlp(
     """The `MLPActor` of ``n`` stacked MLPs (leading axis ``n`` on every array of ``params``) that
     map ``in_size`` observations to ``out_size`` outputs, and ``n``; ValueError naming the leaf
     otherwise."""
+    layers, activation, final_activation, num = mlp_layers(params, policy_static, in_size, out_size)
+    return MLPActor(layers, activation, final_activation, discrete=discrete), num
+
+
+def mlp_layers(
+    params: PyTree, policy_static: PyTree, in_size: int, out_size: int
+) -> tuple[list[tuple[np.ndarray, np.ndarray | None]], Callable, Callable, int]:
+    """The layers of ``n`` stacked MLPs as NumPy float32 ``(weight, bias)`` pairs, their NumPy
+    activations and ``n``, checked against ``in_size`` inputs and ``out_size`` outputs;
+    ValueError naming the leaf otherwise."""
     try:
         policy = eqx.combine(params, policy_static)
     except Exception as error:  # jax.tree.map's message spans lines; one line is enough here
@@ -506,4 +526,4 @@ def unpack_mlp(
         )
     activation = numpy_activation(policy.activation)
     final_activation = numpy_activation(policy.final_activation)
-    return MLPActor(layers, activation, final_activation, discrete=discrete), int(num)
+    return layers, activation, final_activation, int(num)
