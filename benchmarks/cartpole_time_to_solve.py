@@ -15,8 +15,6 @@ compiled program).
 """
 
 import dataclasses
-import os
-import platform
 import statistics
 import tempfile
 import time
@@ -26,6 +24,7 @@ import equinox as eqx
 import jax
 import jaxlib
 import tyro
+from _machine import machine_line
 
 import nfn_rl
 
@@ -91,10 +90,7 @@ def time_pieces(config: nfn_rl.EPVFConfig, repeats: int) -> dict[str, float]:
 def main(args: Args) -> None:
     if args.compile_cache:
         nfn_rl.enable_compilation_cache()
-    print(
-        f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
-    )
+    print(machine_line())
     print(f"jax {jax.__version__}, jaxlib {jaxlib.__version__}, devices {jax.devices()}")
     config = nfn_rl.EPVFConfig()
     print(f"config: {config}")

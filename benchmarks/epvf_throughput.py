@@ -31,8 +31,6 @@ about a minute on 2 CPU cores with a warm compilation cache, `cpu` (2M steps a c
 import dataclasses
 import importlib.metadata
 import json
-import os
-import platform
 import time
 from typing import Literal
 
@@ -41,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import jaxlib
 import tyro
+from _machine import machine_line
 
 import nfn_rl
 
@@ -109,10 +108,7 @@ def _version(name: str) -> str:
 def main(args: Args) -> None:
     if args.compile_cache:
         nfn_rl.enable_compilation_cache()
-    print(
-        f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
-    )
+    print(machine_line())
     print(
         f"jax {jax.__version__}, jaxlib {jaxlib.__version__}, mujoco {_version('mujoco')}, "
         f"mujoco-mjx {_version('mujoco-mjx')}, devices {jax.devices()}"

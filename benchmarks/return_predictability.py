@@ -22,8 +22,6 @@ without ``--run``.
 """
 
 import dataclasses
-import os
-import platform
 from pathlib import Path
 
 import equinox as eqx
@@ -31,6 +29,7 @@ import jax
 import mujoco
 import numpy as np
 import tyro
+from _machine import machine_line
 
 import nfn_rl
 from nfn_rl import flat_params, perturb_population
@@ -110,7 +109,7 @@ def _initial_policy(env, args):
 
 def main(args: Args) -> None:
     nfn_rl.enable_compilation_cache()
-    print(f"{platform.platform()}, {os.cpu_count()} CPUs, load average {os.getloadavg()}")
+    print(machine_line())
     print(
         f"jax {jax.__version__}, mujoco {mujoco.__version__}; {args.envs} perturbations per cloud"
     )

@@ -26,7 +26,6 @@ Cost on 2 CPU cores: about 3 minutes a repeat.
 
 import dataclasses
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -35,6 +34,7 @@ import time
 from pathlib import Path
 
 import tyro
+from _machine import machine_line
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "cartpole_epvf.py"
@@ -155,10 +155,7 @@ def _measure_all(args: Args) -> dict[str, Measured]:
 
 
 def main(args: Args) -> None:
-    print(
-        f"machine: {platform.platform()}, {os.cpu_count()} CPUs, "
-        f"load average {os.getloadavg()[0]:.1f}"
-    )
+    print(machine_line())
     print(
         f"cartpole_epvf.py, default EPVFConfig but iterations={args.iterations}, "
         f"log_interval={args.log_interval}; seeds 0..{args.seeds - 1}; "

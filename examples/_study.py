@@ -15,6 +15,7 @@ each chunk: its `wall_s` is the time of all of them together (compilation includ
 wall-clock curves between settings trained with the same number of seeds.
 """
 
+import dataclasses
 import json
 import math
 import time
@@ -35,6 +36,38 @@ METRIC_LABELS = {
     "eval_return": "return of the deterministic policy",
     "return_mean": "mean return of the training episodes",
 }
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyArgs:
+    """The flags every study script takes (each adds its own and its default `out`).
+
+    Attributes:
+        preset: "paper" (the paper's scale, GPU), "cpu" (CPU-sized episodes and iterations) or
+            "smoke" (a quick check that everything runs).
+        seeds: seeds 0 .. seeds-1 per setting, trained in one compiled program.
+        settings: run and plot only these settings; empty = all.
+        iterations: iterations per run; None = the preset's.
+        metric: the plotted metric: "eval_return" (unperturbed policy) or "return_mean" (mean of
+            the perturbed policies, the data).
+        plot_only: don't train, only plot what OUT holds.
+        progress: show a progress bar per setting.
+        out: output folder.
+    """
+
+    preset: Preset = "paper"
+    seeds: int = 3
+    settings: tuple[str, ...] = ()
+    iterations: int | None = None
+    metric: Metric = "eval_return"
+    plot_only: bool = False
+    progress: bool = True
+    out: Path = Path("runs/study")
+
+
+def preset_overrides(args: StudyArgs, *names: str) -> dict[str, object]:
+    """The flags among `names` (config fields) that were given, i.e. are not None."""
+    return {name: value for name in names if (value := getattr(args, name)) is not None}
 
 
 def select(settings: dict[str, object], chosen: Sequence[str]) -> dict[str, object]:
@@ -174,6 +207,8 @@ def run_study(
                 "this one uses seed_<k>",
                 flush=True,
             )
+        # As its runs record it: with the simulator that "auto" chooses on this machine.
+        config = nfn_rl.make_trainer(config).config
         train_setting(out, setting, config, range(seeds), progress=progress)
 
 

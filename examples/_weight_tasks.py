@@ -95,6 +95,13 @@ def scale_leaves(space: nfn.WeightSpace, params, scales):
     return space.unflatten([x / s for x, s in zip(leaves, scales)])
 
 
+def scale_like_training(space: nfn.WeightSpace, stacks: list) -> list:
+    """Stacks of networks (the training stack first), every leaf divided by its `leaf_scales`
+    over the training stack."""
+    scales = leaf_scales(stacks[0])
+    return [jax.vmap(lambda p: scale_leaves(space, p, scales))(x) for x in stacks]
+
+
 class WeightModel(eqx.Module):
     """One of `MODELS`: one network's (scaled) parameters in, `out_size` numbers out."""
 

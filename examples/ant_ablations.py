@@ -20,45 +20,29 @@ from pathlib import Path
 from typing import Literal
 
 import tyro
-from _study import Metric, Preset, run_and_plot
+from _study import StudyArgs, preset_overrides, run_and_plot
 
 import nfn_rl
 
 
 @dataclasses.dataclass(frozen=True)
-class Args:
+class Args(StudyArgs):
     """Figure 2, top right.
 
     Attributes:
-        preset: "paper" (the paper's scale, GPU), "cpu" (CPU-sized episodes and iterations) or
-            "smoke" (a quick check that everything runs).
-        seeds: seeds 0 .. seeds-1 per setting, trained in one compiled program.
         settings: run and plot only these ablations (names of `nfn_rl.ABLATIONS`); empty = all.
         critic: the critic of every run (the paper's default is the MLP on the flat parameters).
         num_envs: environments (= batch, and the buffer but for `buffer_100x`); None = the
             preset's.
-        iterations: iterations per run; None = the preset's.
-        metric: the plotted metric: "eval_return" (unperturbed policy) or "return_mean" (mean of
-            the perturbed policies, the data).
-        plot_only: don't train, only plot what OUT holds.
-        progress: show a progress bar per setting.
-        out: output folder.
     """
 
-    preset: Preset = "paper"
-    seeds: int = 3
-    settings: tuple[str, ...] = ()
     critic: Literal["flat", "probing", "probing+params", "unf", "unf+params"] = "flat"
     num_envs: int | None = None
-    iterations: int | None = None
-    metric: Metric = "eval_return"
-    plot_only: bool = False
-    progress: bool = True
     out: Path = Path("runs/ant_ablations")
 
 
 def main(args: Args) -> None:
-    overrides = {k: v for k in ("num_envs", "iterations") if (v := getattr(args, k)) is not None}
+    overrides = preset_overrides(args, "num_envs", "iterations")
     grid = {
         name: nfn_rl.ant_config(args.preset, critic=args.critic, ablation=name, **overrides)
         for name in nfn_rl.ABLATIONS

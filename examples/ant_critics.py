@@ -18,7 +18,7 @@ import dataclasses
 from pathlib import Path
 
 import tyro
-from _study import Metric, Preset, run_and_plot
+from _study import StudyArgs, preset_overrides, run_and_plot
 
 import nfn_rl
 
@@ -26,36 +26,20 @@ CRITICS = ("flat", "probing", "probing+params", "unf", "unf+params")
 
 
 @dataclasses.dataclass(frozen=True)
-class Args:
+class Args(StudyArgs):
     """Figure 2, bottom.
 
     Attributes:
-        preset: "paper" (the paper's scale, GPU), "cpu" (CPU-sized episodes and iterations) or
-            "smoke" (a quick check that everything runs).
-        seeds: seeds 0 .. seeds-1 per setting, trained in one compiled program.
         settings: run and plot only these critics; empty = all five.
         num_envs: environments (= batch = buffer); None = the preset's.
-        iterations: iterations per run; None = the preset's.
-        metric: the plotted metric: "eval_return" (unperturbed policy) or "return_mean" (mean of
-            the perturbed policies, the data).
-        plot_only: don't train, only plot what OUT holds.
-        progress: show a progress bar per setting.
-        out: output folder.
     """
 
-    preset: Preset = "paper"
-    seeds: int = 3
-    settings: tuple[str, ...] = ()
     num_envs: int | None = None
-    iterations: int | None = None
-    metric: Metric = "eval_return"
-    plot_only: bool = False
-    progress: bool = True
     out: Path = Path("runs/ant_critics")
 
 
 def main(args: Args) -> None:
-    overrides = {k: v for k in ("num_envs", "iterations") if (v := getattr(args, k)) is not None}
+    overrides = preset_overrides(args, "num_envs", "iterations")
     grid = {
         critic: nfn_rl.ant_config(args.preset, critic=critic, **overrides) for critic in CRITICS
     }

@@ -21,44 +21,28 @@ from pathlib import Path
 from typing import Literal
 
 import tyro
-from _study import Metric, Preset, run_and_plot
+from _study import StudyArgs, preset_overrides, run_and_plot
 
 import nfn_rl
 
 
 @dataclasses.dataclass(frozen=True)
-class Args:
+class Args(StudyArgs):
     """Figure 2, top left.
 
     Attributes:
-        preset: "paper" (the paper's scale, GPU), "cpu" (CPU-sized episodes and iterations) or
-            "smoke" (a quick check that everything runs).
         num_envs: the numbers of environments (= batch = buffer) to compare.
-        seeds: seeds 0 .. seeds-1 per setting, trained in one compiled program.
         settings: run and plot only these settings (names envs<N>); empty = all.
         critic: the critic of every run (the paper's default is the MLP on the flat parameters).
-        iterations: iterations per run; None = the preset's.
-        metric: the plotted metric: "eval_return" (unperturbed policy) or "return_mean" (mean of
-            the perturbed policies, the data).
-        plot_only: don't train, only plot what OUT holds.
-        progress: show a progress bar per setting.
-        out: output folder.
     """
 
-    preset: Preset = "paper"
     num_envs: tuple[int, ...] = (256, 512, 1024, 2048, 4096)
-    seeds: int = 3
-    settings: tuple[str, ...] = ()
     critic: Literal["flat", "probing", "probing+params", "unf", "unf+params"] = "flat"
-    iterations: int | None = None
-    metric: Metric = "eval_return"
-    plot_only: bool = False
-    progress: bool = True
     out: Path = Path("runs/ant_env_scaling")
 
 
 def main(args: Args) -> None:
-    overrides = {} if args.iterations is None else {"iterations": args.iterations}
+    overrides = preset_overrides(args, "iterations")
     grid = {
         f"envs{n}": nfn_rl.ant_config(args.preset, critic=args.critic, num_envs=n, **overrides)
         for n in args.num_envs

@@ -48,6 +48,8 @@ class Args:
             gets OUT/seed_<s> when there is more than one.
         out: run directory.
         resume: continue the run(s) in OUT from their checkpoints.
+        allow_backend_change: with --resume, continue on this machine's simulator even where
+            the run used the other one (native MuJoCo or MJX); refused otherwise.
         overwrite: start over in OUT, moving a run there into OUT/replaced_<time>/.
         evaluate: don't train: load OUT's checkpoint(s) and report the policy's return.
         progress: show a progress bar.
@@ -62,6 +64,7 @@ class Args:
     seeds: int = 1
     out: Path = Path("runs/ant_epvf_unf")
     resume: bool = False
+    allow_backend_change: bool = False
     overwrite: bool = False
     evaluate: bool = False
     progress: bool = True
@@ -83,6 +86,7 @@ def main(args: Args) -> None:
             resume=args.resume,
             overwrite=args.overwrite,
             progress=args.progress,
+            allow_backend_change=args.allow_backend_change,
         )
     _cli.report(args.out, start=start)
     for run in _cli.seed_runs(args.out):

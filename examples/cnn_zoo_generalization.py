@@ -73,14 +73,8 @@ def main() -> None:
             for x, idx in ((x_train, train_idx), (x_test, test_idx))
         ]
         # Canonical weights have their own leaf scales (ReLU rows of unit norm).
-        canonical_scales = tasks.leaf_scales(canonical[0])
-        canonical = [
-            jax.vmap(lambda p: tasks.scale_leaves(hnp, p, canonical_scales))(x) for x in canonical
-        ]
-    scales = tasks.leaf_scales(x_train)
-    x_train, x_test = (
-        jax.vmap(lambda p: tasks.scale_leaves(hnp, p, scales))(x) for x in (x_train, x_test)
-    )
+        canonical = tasks.scale_like_training(hnp, canonical)
+    x_train, x_test = tasks.scale_like_training(hnp, [x_train, x_test])
     y_train, y_test = target[train_idx], np.asarray(target[test_idx])
 
     def mse(prediction, y):

@@ -26,8 +26,8 @@ import numpy as np
 
 import nfn_rl
 
-# Faccio et al.'s PSSVF recipe at CPU size: a small deterministic policy, Gaussian parameter
-# noise, a flat critic on fresh and recent (policy, return) pairs, standardised targets.
+# A small deterministic policy, Gaussian parameter noise, a flat critic on EPVFConfig's FIFO
+# buffer (Faccio et al.'s 1e5 pairs) fitted to standardised targets.
 _COMMON: dict[str, Any] = dict(
     critic="flat",
     critic_width=64,
@@ -40,7 +40,7 @@ _COMMON: dict[str, Any] = dict(
 )
 
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
-    # docs/results.md: every seed at 1000 (the maximum) within ... s on 2 shared cores.
+    # docs/results.md: two seeds of three at 1000 (the maximum), one still learning.
     "InvertedPendulum-v5": dict(
         num_envs=256,
         batch_size=256,
@@ -50,14 +50,18 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
         noise_scale=0.1,
         policy_lr=1e-3,
     ),
-    # A linear policy (depth 0: observation -> tanh(W obs + b)), as ARS uses on this task.
+    # A linear policy (depth 0: observation -> tanh(W obs + b)), as ARS uses on this task;
+    # noise 0.3 and a decaying learning rate take every seed out of the local optimum near 45
+    # that noise 0.1 left one seed in of three (docs/results.md).
     "Swimmer-v5": dict(
         num_envs=64,
         batch_size=64,
-        iterations=100,
+        iterations=80,
         policy_depth=0,
-        noise_scale=0.1,
-        policy_lr=1e-3,
+        noise_scale=0.3,
+        policy_lr=1e-2,
+        policy_lr_end=1e-3,
+        policy_lr_schedule="exponential",
     ),
 }
 """Each task's starting config (on top of `_COMMON`)."""

@@ -104,14 +104,8 @@ def main() -> None:
             symmetries.canonicalize(w, np.zeros(len(jax.tree.leaves(w)[0]), int))
             for w in (w_train, w_test)
         ]
-        canonical_scales = tasks.leaf_scales(canonical[0])
-        canonical = [
-            jax.vmap(lambda p: tasks.scale_leaves(hnp, p, canonical_scales))(w) for w in canonical
-        ]
-    scales = tasks.leaf_scales(w_train)
-    w_train, w_test = (
-        jax.vmap(lambda p: tasks.scale_leaves(hnp, p, scales))(w) for w in (w_train, w_test)
-    )
+        canonical = tasks.scale_like_training(hnp, canonical)
+    w_train, w_test = tasks.scale_like_training(hnp, [w_train, w_test])
     labels_train, labels_test = jnp.asarray(y_train), np.asarray(y_test)
 
     def cross_entropy(logits, y):

@@ -67,6 +67,7 @@ def train_seeds(
     overwrite: bool = False,
     progress: bool = True,
     on_chunk: Callable[[int], None] | None = None,
+    allow_backend_change: bool = False,
 ) -> tuple[Trainer, PyTree]:
     """Train `config` once per seed, all seeds in one compiled program, and record each run.
 
@@ -85,7 +86,10 @@ def train_seeds(
     carries its run's `run_id`. With `resume=True` each seed continues from its checkpoint and
     reproduces an uninterrupted run's metrics (all but `wall_s`); rows lost from `metrics.csv`
     are rebuilt by replaying the run (their `wall_s` is NaN), and a finished run is left as it
-    is. `env` replaces the config's environment (pass it again on
+    is. The Ant's simulator is part of the run (the trainer's `config.backend` is "native" or
+    "mjx", also where "auto" chose it, and `config.json` and the checkpoints record it): a
+    resume on the other one is refused with a line naming both, unless
+    `allow_backend_change=True`. `env` replaces the config's environment (pass it again on
     resume). `on_chunk(iteration)` is called after each chunk's metrics are written. Returns
     the trainer and the final states, stacked on a leading seed axis.
     """
@@ -99,6 +103,7 @@ def train_seeds(
         progress=progress,
         desc=config.algo.upper(),
         on_chunk=on_chunk,
+        allow_backend_change=allow_backend_change,
     )
     return trainer, states
 
@@ -113,6 +118,7 @@ def train(
     overwrite: bool = False,
     progress: bool = True,
     on_chunk: Callable[[int], None] | None = None,
+    allow_backend_change: bool = False,
 ) -> tuple[Trainer, TrainState]:
     """`train_seeds` for one seed, recorded in `out_dir`; returns the trainer and the final
     state (`trainer.policy(state)` is the trained policy)."""
@@ -125,16 +131,18 @@ def train(
         overwrite=overwrite,
         progress=progress,
         on_chunk=on_chunk,
+        allow_backend_change=allow_backend_change,
     )
     return trainer, jax.tree.map(lambda x: x[0], states)
 
 
 def load_run(
-    path: str | os.PathLike, env: Environment | None = None
+    path: str | os.PathLike, env: Environment | None = None, *, allow_backend_change: bool = False
 ) -> tuple[Trainer, TrainState, dict[str, Any]]:
     """The trainer, state and checkpoint header of a run (its `checkpoint.eqx` or its run
     directory), of any algorithm; `trainer.policy(state)` is the trained policy, and the
-    header holds the config, seed, iteration and `env_steps` of the checkpoint."""
+    header holds the config, seed, iteration and `env_steps` of the checkpoint. An `env` on
+    another simulator than the run's is refused unless `allow_backend_change=True`."""
     path = Path(path)
     if path.is_dir():
         path = path / "checkpoint.eqx"
@@ -145,5 +153,5 @@ def load_run(
             raise
         raise CheckpointError(f"{path}: its stored config is not valid today: {error}") from None
     trainer = make_trainer(config, env)
-    state, header = load_checkpoint(path, trainer)
+    state, header = load_checkpoint(path, trainer, allow_backend_change=allow_backend_change)
     return trainer, state, header

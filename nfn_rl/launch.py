@@ -8,6 +8,11 @@ free port), `JAX_NUM_PROCESSES` and `JAX_PROCESS_ID` set, which
 fails, the others exit with an error within the heartbeat timeout; any still running after
 that are killed, and the launcher exits with the first failure's code.
 
+SIGTERM (how SLURM and most schedulers stop a job) and SIGINT (Ctrl-C) to the launcher are passed
+on to every process; those still running `--stop-timeout` seconds later (default 10) are killed,
+so that no process outlives the launcher, which then exits with 128 + the signal's number (143
+for SIGTERM, 130 for SIGINT).
+
 Only the standard library is imported here: the launcher itself never starts JAX.
 """
 
@@ -50,6 +55,29 @@ def process_environments(
     ]
 
 
+class _Stopped(Exception):
+    """The launcher got a signal that stops the job."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_stopped(signum, frame) -> None:
+    raise _Stopped(signum)
+
+
+def _stop(children: list[subprocess.Popen], signum: int, timeout_s: float) -> None:
+    """Pass `signum` on to the children, wait up to `timeout_s` for them, then kill the rest."""
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signum)
+    deadline = time.monotonic() + timeout_s
+    while any(child.poll() is None for child in children) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    _kill(children)
+
+
 def _kill(children: list[subprocess.Popen]) -> None:
     # SIGKILL: JAX's distributed runtime handles SIGTERM itself (as a preemption notice).
     for child in children:
@@ -60,20 +88,31 @@ def _kill(children: list[subprocess.Popen]) -> None:
 
 
 def launch(
-    command: list[str], *, processes: int, port: int | None = None, heartbeat_timeout_s: int = 60
+    command: list[str],
+    *,
+    processes: int,
+    port: int | None = None,
+    heartbeat_timeout_s: int = 60,
+    stop_timeout_s: float = 10.0,
 ) -> int:
     """Run `command` as `processes` joined processes; their exit code (the first failure's,
-    else 0)."""
+    else 0), or 128 + the signal's number when SIGTERM or SIGINT stopped the launcher (passed on
+    to the processes, which are killed if still running `stop_timeout_s` later)."""
     if processes < 1:
         raise ValueError(f"--processes: must be at least 1, got {processes}")
     port = free_port() if port is None else port
     environments = process_environments(processes, port, heartbeat_timeout_s)
-    children = [subprocess.Popen(command, env=env) for env in environments]
     failed_at, code, reported = None, 0, set()
     # The others notice a failure within the heartbeat timeout, then wait at most twice that to
     # shut down: past both (and a margin) they are killed.
     grace = 3 * heartbeat_timeout_s + 10
+    children = []
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
+        for signum in handlers:
+            signal.signal(signum, _raise_stopped)
+        for env in environments:
+            children.append(subprocess.Popen(command, env=env))
         while True:
             codes = [child.poll() for child in children]
             for index, child_code in enumerate(codes):
@@ -92,9 +131,21 @@ def launch(
                 print("nfn_rl.launch: killing the processes still running", file=sys.stderr)
                 _kill(children)
             time.sleep(0.1)
-    except KeyboardInterrupt:
-        _kill(children)
-        return 128 + signal.SIGINT
+    except (_Stopped, KeyboardInterrupt) as stop:
+        signum = stop.signum if isinstance(stop, _Stopped) else signal.SIGINT
+        # A second signal while stopping must not leave them running.
+        for other in handlers:
+            signal.signal(other, signal.SIG_IGN)
+        print(
+            f"nfn_rl.launch: got {signal.Signals(signum).name}; stopping the processes "
+            f"(killed if still running after {stop_timeout_s:g} s)",
+            file=sys.stderr,
+        )
+        _stop(children, signum, stop_timeout_s)
+        return 128 + signum
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
     if code == 0:
         code = next((child.returncode for child in children if child.returncode != 0), 0)
     return code
@@ -115,6 +166,13 @@ def main(argv: list[str] | None = None) -> int:
         default=60,
         help="seconds after which a silent process counts as dead (default: 60)",
     )
+    parser.add_argument(
+        "--stop-timeout",
+        type=float,
+        default=10.0,
+        help="seconds the processes get to exit after a SIGTERM or SIGINT, before they are "
+        "killed (default: 10)",
+    )
     parser.add_argument("script", help="the Python script every process runs")
     parser.add_argument("args", nargs=argparse.REMAINDER, help="the script's arguments")
     options = parser.parse_args(argv)
@@ -125,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         processes=options.processes,
         port=options.port,
         heartbeat_timeout_s=options.heartbeat_timeout,
+        stop_timeout_s=options.stop_timeout,
     )
 
 

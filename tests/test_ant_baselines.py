@@ -1,4 +1,4 @@
-"""`examples/ant_baselines.py` end to end at the `smoke` preset, for PPO and SAC."""
+"""`examples/ant_baselines.py` end to end at the `smoke` preset, for PPO, SAC and ES."""
 
 import csv
 import json
@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from example_runner import ROOT, run_example
 
+import nfn_rl
 from nfn_rl.run import METRIC_COLUMNS
 
 
@@ -49,6 +50,39 @@ def test_smoke_preset_runs_end_to_end_and_evaluates(tmp_path, algo):
         # tested in test_baselines.py); one more Ant compile is spared.
         evaluated = _run("--evaluate", "--out", str(out)).strip().splitlines()[-1]
         assert evaluated.split(";")[0] == last.split(";")[0]
+
+
+def test_es_smoke_preset_writes_a_run_directory_on_the_epvf_population(tmp_path):
+    out = tmp_path / "es"
+    stdout = _run("--algo", "es", "--preset", "smoke", "--out", str(out), "--no-progress")
+    for name in ("config.json", "metrics.csv", "checkpoint.eqx", "returns.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    config = json.loads((out / "config.json").read_text())
+    epvf = nfn_rl.ant_config("smoke")
+    # The population EPVF's smoke preset rolls out, in antithetic pairs.
+    for name in (
+        "env",
+        "horizon",
+        "num_envs",
+        "noise",
+        "noise_scale",
+        "weight_clip",
+        "policy_width",
+    ):
+        assert config[name] == getattr(epvf, name), name
+    assert config["algo"] == "es" and config["antithetic"]
+    with (out / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == config["iterations"]
+    assert all(
+        0 < int(r["env_steps"]) - int(p["env_steps"]) <= 16 * 32 for p, r in zip(rows, rows[1:])
+    )
+    # No critic: its columns are NaN.
+    assert {r["critic_loss"] for r in rows} == {"nan"} and {
+        r["critic_es_cosine"] for r in rows
+    } == {"nan"}
+    last = stdout.strip().splitlines()[-1]
+    assert last.startswith("seed 0: eval return ") and " ± " in last and "16 perturbations" in last
 
 
 def _fake_run(path: Path, config: dict, evals: list[float]) -> None:

@@ -90,8 +90,47 @@ def test_native_rollouts_inside_the_trainer_equal_the_host_rollout():
     state = trainer.init(jax.random.key(0))
     collect = eqx.filter_jit(lambda t, s, k: t.collect(s, key=k))
     candidates, lengths, returns = collect(trainer, state, jax.random.key(1))
-    host_lengths, host_returns = trainer.env.rollout.episode_lengths_and_returns(
-        candidates, trainer.policy_static
-    )
+    with trainer.env.rollout() as rollout:
+        host_lengths, host_returns = rollout.episode_lengths_and_returns(
+            candidates, trainer.policy_static
+        )
     np.testing.assert_array_equal(lengths, host_lengths)
     np.testing.assert_array_equal(returns, host_returns)
+
+
+def test_the_run_records_its_simulator_and_a_resume_on_the_other_is_refused(tmp_path, monkeypatch):
+    """`backend="auto"` used to be recorded as "auto" and chosen again on each machine, so that a
+    GPU run resumed on a CPU went on in the other simulator without a word."""
+    import json
+
+    import jax
+    from test_multidevice import NATIVE_CONFIG
+
+    from nfn_rl.run import CheckpointError, load_checkpoint, read_header
+
+    config = nfn_rl.EPVFConfig(**{**NATIVE_CONFIG, "backend": "auto"})
+    assert config.backend == "auto"
+    chosen = nfn_rl.make_trainer(config).config.backend
+    # `auto` chooses by the machine; the same choice is made again below on "this" machine.
+    assert chosen == ("native" if jax.default_backend() == "cpu" else "mjx")
+    nfn_rl.train(config, out_dir=tmp_path, progress=False)
+    assert json.loads((tmp_path / "config.json").read_text())["backend"] == chosen
+    assert read_header(tmp_path / "checkpoint.eqx")["config"]["backend"] == chosen
+
+    other = "mjx" if chosen == "native" else "native"
+    with pytest.raises(CheckpointError) as error:
+        nfn_rl.train(dataclasses.replace(config, backend=other), out_dir=tmp_path, resume=True)
+    message = str(error.value)
+    assert f"trained on the {chosen!r} backend" in message and f"with {other!r}" in message
+    assert "allow_backend_change=True" in message and "\n" not in message
+    # The same run resumed on a machine where "auto" chooses the other simulator.
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu" if chosen == "native" else "cpu")
+    elsewhere = nfn_rl.make_trainer(config)
+    assert elsewhere.config.backend == other
+    with pytest.raises(CheckpointError, match=f"trained on the {chosen!r} backend"):
+        load_checkpoint(tmp_path / "checkpoint.eqx", elsewhere)
+    # Asked for explicitly, it loads.
+    state, header = load_checkpoint(
+        tmp_path / "checkpoint.eqx", elsewhere, allow_backend_change=True
+    )
+    assert int(state.iteration) == header["iteration"] == config.iterations

@@ -28,17 +28,24 @@ CONFIG = dict(
 SEED = 3
 
 
-def _run(out_dir: str) -> dict:
-    """Train `CONFIG` on all visible devices; what the test checks, as JSON-friendly values."""
-
+def _import_nfn_rl():
+    """`nfn_rl` with the same checks as the test suite's (pyproject's --jaxtyping-packages), and
+    its compilation cache."""
     import jax
     from jaxtyping import install_import_hook
 
-    # The same checks as the test suite's (pyproject's --jaxtyping-packages), and its cache.
     with install_import_hook(["nfn", "nfn_rl"], "beartype.beartype"):
         import nfn_rl
     nfn_rl.enable_compilation_cache()
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    return nfn_rl
+
+
+def _run(out_dir: str) -> dict:
+    """Train `CONFIG` on all visible devices; what the test checks, as JSON-friendly values."""
+    import jax
+
+    nfn_rl = _import_nfn_rl()
 
     config = nfn_rl.EPVFConfig(**CONFIG)
     trainer, state = nfn_rl.train(config, seed=SEED, out_dir=out_dir, progress=False)
@@ -79,14 +86,48 @@ def trained_run_facts(nfn_rl, config, trainer, state, run_dir: pathlib.Path) -> 
     }
 
 
-def _start(devices: int, out_dir: pathlib.Path) -> subprocess.Popen:
+# The native Ant's episodes under `shard_map`: one host call per device, from different threads.
+NATIVE_CONFIG = CONFIG | dict(env="ant-torque", backend="native", horizon=30, num_envs=64)
+NATIVE_CONFIG |= dict(iterations=2, log_interval=1, eval_interval=1, checkpoint_interval=2)
+
+
+def _native_collect(nfn_rl) -> dict:
+    """Lengths and returns of one collection on all visible devices, with the native Ant."""
+    import equinox as eqx
+    import jax
+
+    trainer = nfn_rl.make_trainer(nfn_rl.EPVFConfig(**NATIVE_CONFIG))
+    state = trainer.place(eqx.filter_jit(trainer.init)(jax.random.key(SEED)))
+    _, lengths, returns = eqx.filter_jit(lambda t, s, k: t.collect(s, key=k))(
+        trainer, state, jax.random.key(0)
+    )
+    return {
+        "devices": jax.device_count(),
+        "lengths": np.asarray(lengths).tolist(),
+        "returns": np.asarray(returns).tolist(),
+        "returns_devices": len(returns.sharding.device_set),
+    }
+
+
+def _run_native(out_dir: str) -> dict:
+    """`_native_collect`, then two iterations of training (evaluation included)."""
+    nfn_rl = _import_nfn_rl()
+
+    facts = _native_collect(nfn_rl)
+    config = nfn_rl.EPVFConfig(**NATIVE_CONFIG)
+    nfn_rl.train(config, seed=SEED, out_dir=out_dir, progress=False)
+    facts["trained_iterations"] = len(nfn_rl.read_metrics(pathlib.Path(out_dir) / "metrics.csv"))
+    return facts
+
+
+def _start(devices: int, out_dir: pathlib.Path, *mode: str) -> subprocess.Popen:
     env = dict(
         os.environ,
         JAX_PLATFORMS="cpu",
         XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
     )
     return subprocess.Popen(
-        [sys.executable, __file__, str(out_dir)],
+        [sys.executable, __file__, str(out_dir), *mode],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -94,8 +135,13 @@ def _start(devices: int, out_dir: pathlib.Path) -> subprocess.Popen:
     )
 
 
-def _result(process: subprocess.Popen) -> dict:
-    stdout, stderr = process.communicate(timeout=300)
+def _result(process: subprocess.Popen, timeout: float = 300) -> dict:
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        raise AssertionError(f"the run did not finish within {timeout} s (hung?)") from None
     assert process.returncode == 0, stderr
     return json.loads(stdout.splitlines()[-1])
 
@@ -127,5 +173,21 @@ def test_two_devices_split_rollouts_and_match_one(tmp_path):
         np.testing.assert_allclose(values, expected, rtol=1e-5, err_msg=name)
 
 
+def test_native_backend_on_two_devices_returns_the_one_device_returns(tmp_path):
+    """Each device's host call plays its half of the episodes; they used to share one rollout at
+    once, which gave wrong returns, then a segfault or a hang."""
+    import nfn_rl
+
+    two = _start(2, tmp_path / "two", "native")
+    one = _native_collect(nfn_rl)
+    two = _result(two, timeout=150)
+    assert (two["devices"], one["devices"]) == (2, 1)
+    assert two["returns_devices"] == 2
+    assert two["lengths"] == one["lengths"]
+    assert two["returns"] == one["returns"]  # bitwise: float32 values through JSON
+    assert two["trained_iterations"] == NATIVE_CONFIG["iterations"]
+
+
 if __name__ == "__main__":
-    print(json.dumps(_run(sys.argv[1])))
+    run = _run_native if sys.argv[2:] == ["native"] else _run
+    print(json.dumps(run(sys.argv[1])))

@@ -228,3 +228,149 @@ def test_numpy_policy_matches_the_equinox_policy(activation):
     expected = jax.vmap(lambda p, o: eqx.combine(p, static)(o))(params, obs)
     assert num == 6
     np.testing.assert_allclose(_mlp_forward(layers, hidden, final, obs), expected, atol=1e-5)
+
+
+def test_concurrent_calls_return_the_sequential_results():
+    """Two threads sharing one rollout (as the devices' host calls under `shard_map` did) take
+    turns. Unguarded, calls below the overlap threshold stepped the one pool at once and hung
+    (or gave wrong returns, then crashed)."""
+    import threading
+
+    env = Ant("torque", horizon=30)
+    params, static = _population(env, _MIN_OVERLAP_EPISODES)
+    halves = [jax.tree.map(lambda x, i=i: x[i::2], params) for i in range(2)]
+    native = NativeAntRollout(env, num_threads=2)
+    expected = [native.episode_lengths_and_returns(p, static) for p in halves]
+    results = [[], []]
+    start = threading.Barrier(2)
+
+    def play(index):
+        start.wait()
+        for _ in range(3):
+            results[index].append(native.episode_lengths_and_returns(halves[index], static))
+
+    # Daemon threads with a timeout: a hang fails the test instead of stalling the suite.
+    threads = [threading.Thread(target=play, args=(i,), daemon=True) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not any(thread.is_alive() for thread in threads), "concurrent calls hung"
+    native.close()
+    for index in range(2):
+        assert len(results[index]) == 3
+        for length, ret in results[index]:
+            np.testing.assert_array_equal(length, expected[index][0])
+            np.testing.assert_array_equal(ret, expected[index][1])
+
+
+@pytest.mark.parametrize("error", [ValueError, KeyboardInterrupt])
+def test_no_physics_call_outlives_a_call_that_raises(monkeypatch, error):
+    import time
+
+    from nfn_rl.envs import _native
+
+    env = Ant("torque", horizon=10)
+    params, static = _population(env, _MIN_OVERLAP_EPISODES)
+    with NativeAntRollout(env, num_threads=1) as native:
+        expected = native.episode_lengths_and_returns(params, static)
+        physics_ended = []
+        step_physics = native._step_physics
+
+        def slow_step_physics(*args):
+            time.sleep(0.3)  # long enough that a raising caller would return first
+            out = step_physics(*args)
+            physics_ended.append(time.monotonic())
+            return out
+
+        def observe(self, out):
+            raise error("stop")
+
+        native._step_physics = slow_step_physics
+        with monkeypatch.context() as patch:
+            patch.setattr(_native._EpisodeBatch, "observe", observe)
+            with pytest.raises(error, match="stop"):
+                native.episode_lengths_and_returns(params, static)
+            returned = time.monotonic()
+        native._executor.submit(lambda: None).result()  # whatever was still queued has run
+        # The second half's physics was launched before the first half's observe raised.
+        assert len(physics_ended) == 2
+        assert max(physics_ended) <= returned
+        length, ret = native.episode_lengths_and_returns(params, static)
+    np.testing.assert_array_equal(length, expected[0])
+    np.testing.assert_array_equal(ret, expected[1])
+
+
+def test_default_threads_follow_the_cpu_affinity(monkeypatch):
+    # Under a scheduler (`--cpus-per-task`, taskset) the process may use fewer CPUs than exist.
+    monkeypatch.setattr("os.cpu_count", lambda: 64)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    with NativeAntRollout(Ant("torque", horizon=10)) as native:
+        assert native.num_threads == 3
+
+
+@pytest.mark.parametrize("final_activation", [jax.nn.sigmoid, jax.nn.softplus, jnp.tanh])
+def test_any_final_activation_plays(final_activation):
+    """Activations without a NumPy twin are computed by JAX, whose arrays NumPy sees read-only:
+    the actions are then clipped in place."""
+    env = Ant("torque", horizon=10)
+    policy = make_policy(env, 16, 2, key=jax.random.key(0))
+    policy = eqx.tree_at(lambda p: p.final_activation, policy, final_activation)
+    population = perturb_population(policy, 4, key=jax.random.key(1), scale=0.3)
+    params, static = eqx.partition(population, eqx.is_array)
+    with NativeAntRollout(env, num_threads=1) as native:
+        length, ret = native.episode_lengths_and_returns(params, static)
+    assert (length >= 1).all() and np.isfinite(ret).all()
+
+
+def test_equal_native_ants_compile_once_and_keep_no_threads():
+    import threading
+
+    from nfn_rl import episode_length_and_return
+    from nfn_rl.envs import NativeAnt
+
+    traces = []
+
+    @eqx.filter_jit
+    def lengths_and_returns(env, params, static):
+        traces.append(env)
+        return jax.vmap(
+            lambda p: episode_length_and_return(env, eqx.combine(p, static), jax.random.key(0))
+        )(params)
+
+    # Enough episodes for the overlapped path, whose helper thread used to stay alive.
+    params, static = _population(Ant("torque", horizon=10), _MIN_OVERLAP_EPISODES)
+    results = [lengths_and_returns(NativeAnt("torque", 10), params, static) for _ in range(2)]
+    assert len(traces) == 1
+    np.testing.assert_array_equal(results[0][1], results[1][1])
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("nfn-native")]
+    with NativeAntRollout(Ant("torque", horizon=10)) as native:
+        np.testing.assert_array_equal(
+            results[0][1], native.episode_lengths_and_returns(params, static)[1]
+        )
+
+
+def test_observation_statistics_of_a_native_ant_come_from_the_c_engine(monkeypatch):
+    from nfn_rl.envs import NativeAnt, observation_statistics
+
+    def no_mjx(*args):
+        raise AssertionError("the native Ant's statistics stepped MJX")
+
+    env = NativeAnt("torque", horizon=20)
+    monkeypatch.setattr(Ant, "step", no_mjx)
+    key = jax.random.key(3)
+    mean, std = jax.jit(lambda k: observation_statistics(env, key=k, episodes=4))(key)
+
+    # The same uniform actions (per episode: the second half of its key, split per step),
+    # played open-loop by hand; the mean and deviation over the steps before each episode ended.
+    def actions(k):
+        keys = jax.random.split(jax.random.split(k)[1], env.horizon)
+        return jax.vmap(lambda s: jax.random.uniform(s, (8,), minval=-1.0, maxval=1.0))(keys)
+
+    with NativeAntRollout(env) as native:
+        action_batch = np.asarray(jax.vmap(actions)(jax.random.split(key, 4)))
+        length, _, trajectory = native.open_loop_episodes(action_batch)
+    live = np.arange(env.horizon)[None] < length[:, None]
+    observed = trajectory.observations[:, :-1][live]
+    np.testing.assert_allclose(mean, observed.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(std, np.maximum(observed.std(0), 1e-3), rtol=1e-4, atol=1e-6)

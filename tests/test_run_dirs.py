@@ -195,6 +195,50 @@ def test_the_header_checksum_covers_the_payload(finished):
     assert {"config", "seed", "run_id", "iteration", "env_steps"} <= set(header)
 
 
+@pytest.mark.skipif(not pathlib.Path("/proc/self/fd").is_dir(), reason="names fds by /proc")
+def test_checkpoints_reach_the_disk_before_and_after_the_rename(finished, tmp_path, monkeypatch):
+    """fsync the new file, rename it over the old one, fsync the directory: a power loss at any
+    point leaves a checkpoint that loads (before the fix the file was renamed unsynced, and could
+    be empty after a crash while the old one was gone)."""
+    from nfn_rl.run._checkpoint import save_checkpoint
+
+    out = _copy(finished / "seed0", tmp_path / "run").resolve()
+    path = out / "checkpoint.eqx"
+    trainer, state, header = nfn_rl.load_run(out)
+    header = {k: header[k] for k in header if not k.startswith(("format", "payload"))}
+    events, real_fsync, real_replace = [], os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(source, target):
+        events.append(("replace", str(source), str(target)))
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    save_checkpoint(path, state, header)
+    tmp = str(path) + ".tmp"
+    assert events == [("fsync", tmp), ("replace", tmp, str(path)), ("fsync", str(out))]
+
+    # A crash after the new file was written, before the rename: the old checkpoint loads.
+    def crash(source, target):
+        raise OSError("power loss")
+
+    before = path.read_bytes()
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="power loss"):
+        save_checkpoint(path, state, header | {"iteration": 99})
+    assert path.read_bytes() == before
+    monkeypatch.undo()
+    _, loaded, _ = nfn_rl.load_run(out)
+    assert all(
+        bool(jnp.array_equal(a, b))
+        for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(state), strict=True)
+    )
+
+
 def test_resuming_a_run_of_another_algorithm_says_so(tmp_path):
     ppo = baselines.PPOConfig(env="cartpole", horizon=20, num_envs=4, unroll_length=4)
     ppo = dataclasses.replace(ppo, iterations=2, log_interval=2, checkpoint_interval=2)

@@ -35,6 +35,7 @@ from nfn_rl.population import (
     population_env,
     shape_returns,
     with_policy_lr,
+    with_resolved_backend,
 )
 from nfn_rl.run import TrainState, return_statistics, skipped_steps, static_part
 from nfn_rl.run._config import check_choice
@@ -127,6 +128,7 @@ def make_es(config: ESConfig, env: Environment | None = None) -> ESTrainer:
         raise TypeError(f"make_es needs an ESConfig, got {type(config).__name__}")
     mesh = device_mesh(config)
     env = population_env(config, env, mesh)
+    config = with_resolved_backend(config, env)
     policy_static = static_part(
         lambda key: make_policy(env, config.policy_width, config.policy_depth, key=key)
     )

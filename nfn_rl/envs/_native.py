@@ -35,13 +35,12 @@ tolerances).
 """
 
 import collections
-import os
+import concurrent.futures
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import equinox as eqx
-import jax
-import jax.numpy as jnp
 import mujoco
 import numpy as np
 from jaxtyping import Bool, Float, Int, PyTree
@@ -49,6 +48,8 @@ from mujoco import rollout as mj_rollout
 
 from nfn_rl.envs._ant import Ant, _fallen, _load_mj_model, _observation, _rotate_into_frame
 from nfn_rl.envs._ant import tracking_reward as _tracking_reward
+from nfn_rl.envs._batched import mlp_forward as _mlp_forward
+from nfn_rl.envs._batched import mlp_layers, usable_cpus
 
 _FULLPHYSICS = mujoco.mjtState.mjSTATE_FULLPHYSICS.value
 _CTRL = mujoco.mjtState.mjSTATE_CTRL.value
@@ -77,8 +78,9 @@ class NativeAntRollout:
     """Episode lengths and returns of ``n`` deterministic MLP policies in an `Ant`, natively.
 
     ``NativeAntRollout(env, num_threads=None)`` copies ``env``'s variant and horizon and compiles
-    the same MJCF (`nfn_rl.envs._ant._load_mj_model`); ``num_threads`` defaults to
-    ``os.cpu_count()``. Then ``episode_lengths_and_returns(params, policy_static)`` plays one
+    the same MJCF (`nfn_rl.envs._ant._load_mj_model`); ``num_threads`` defaults to the CPUs
+    this process may run on (`usable_cpus`: a scheduler's ``--cpus-per-task``, not the
+    machine's count). Then ``episode_lengths_and_returns(params, policy_static)`` plays one
     episode per policy from the deterministic home reset and returns ``(lengths int32[n],
     returns float32[n])`` with the semantics of `nfn_rl._rollout.episode_length_and_return`
     (rewards after the end do not count; a step whose physics turns non-finite earns 0 and ends
@@ -91,7 +93,9 @@ class NativeAntRollout:
     ``overlap=False`` makes the host wait for the physics instead of overlapping the two (two
     halves of the batch alternate, one's physics running while the other's observations and
     actions are computed); again the same results, only slower. Release the pool with `close` or
-    by using it as a context manager. Not thread-safe (one call at a time). Results are
+    by using it as a context manager. Thread-safe: concurrent calls (from several threads) run one
+    at a time, and no physics call outlives the call that started it, even when that call
+    raises or is interrupted. Results are
     deterministic for a given input, and do not depend on ``num_threads``, ``drop_done`` or
     ``overlap`` (each episode runs on one thread from a fully specified state).
     """
@@ -107,7 +111,7 @@ class NativeAntRollout:
         if not isinstance(env, Ant):
             raise TypeError(f"NativeAntRollout needs an Ant env, got {type(env).__name__}")
         if num_threads is None:
-            num_threads = os.cpu_count() or 1
+            num_threads = usable_cpus()
         if num_threads < 1:
             raise ValueError(f"num_threads must be positive, got {num_threads}")
         model, home_qpos, home_control = _load_mj_model(env.variant)
@@ -144,13 +148,18 @@ class NativeAntRollout:
         self._thread_data = [mujoco.MjData(model) for _ in range(num_threads)]
         # The one thread that issues physics calls while this one does the host work.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nfn-native")
+        # The pool and its per-thread MjData serve one call at a time: two at once corrupt each
+        # other's physics (wrong returns, then a crash).
+        self._lock = threading.Lock()
 
     def close(self) -> None:
-        """Stop the thread pool; the object cannot roll out afterwards."""
-        if self._pool is not None:
-            self._executor.shutdown()
-            self._pool.close()
-            self._pool = None
+        """Stop the thread pool (after the call in progress, if any); the object cannot roll out
+        afterwards."""
+        with self._lock:
+            if self._pool is not None:
+                self._executor.shutdown()
+                self._pool.close()
+                self._pool = None
 
     def __enter__(self) -> "NativeAntRollout":
         return self
@@ -177,8 +186,6 @@ class NativeAntRollout:
         episodes before the env's horizon (larger values are capped to it). Host code: call it
         outside ``jit``; JAX arrays are accepted and copied to NumPy.
         """
-        if self._pool is None:
-            raise RuntimeError("this NativeAntRollout has been closed")
         layers, activation, final_activation, num = _unpack_policy(params, policy_static)
         if max_steps is None:
             max_steps = self.horizon
@@ -188,55 +195,69 @@ class NativeAntRollout:
             )
         if np.min(max_steps) < 1:
             raise ValueError(f"max_steps must be positive, got {np.min(max_steps)}")
-        # Per episode; values beyond the horizon are capped to it.
-        episode_limit = np.minimum(np.broadcast_to(max_steps, (num,)), self.horizon)
-        limit = int(episode_limit.max())
+        policy = _Policy(layers, activation, final_activation)
+        lengths, returns, trajectory = self._play(num, policy, max_steps, record)
+        if record:
+            return lengths, returns, trajectory
+        return lengths, returns
 
-        obs = _observation(
-            self._home_state[1 : 1 + self._nq].astype(np.float32),
-            np.zeros(self._nv, np.float32),
-            self._reset_control32,
-            self._home_qpos32,
-            np,
-        )
-        lengths = np.zeros(num, np.int32)
-        returns = np.zeros(num, np.float64)
-        trajectory = None
-        if record:
-            trajectory = NativeTrajectory(
-                observations=np.empty((num, limit + 1, obs.size), np.float32),
-                qpos=np.empty((num, limit + 1, self._nq)),
-                rewards=np.zeros((num, limit), np.float32),
-                done=np.ones((num, limit), bool),
+    def open_loop_episodes(
+        self, actions: Float[np.ndarray, "n steps 8"]
+    ) -> tuple[Int[np.ndarray, " n"], Float[np.ndarray, " n"], NativeTrajectory]:
+        """One recorded episode per row of ``actions``, which gives the action at each step
+        whatever the observation (``steps`` at most the horizon): ``(lengths, returns,
+        trajectory)`` as `episode_lengths_and_returns` with ``record=True``."""
+        actions = np.asarray(actions, np.float32)
+        if actions.ndim != 3 or actions.shape[2] != 8 or not 1 <= actions.shape[1] <= self.horizon:
+            raise ValueError(
+                f"actions must have shape (n, steps, 8) with 1 <= steps <= {self.horizon}, got "
+                f"shape {actions.shape}"
             )
-            trajectory.observations[:, 0] = obs
-            trajectory.qpos[:, 0] = self._home_state[1 : 1 + self._nq]
-        groups = 2 if self.overlap and num >= _MIN_OVERLAP_EPISODES else 1
-        bounds = np.linspace(0, num, groups + 1).astype(int)
-        batches = [
-            _EpisodeBatch(
-                self,
-                slice(lo, hi),
-                layers,
-                activation,
-                final_activation,
-                obs,
-                episode_limit,
-                lengths,
-                returns,
-                trajectory,
+        return self._play(actions.shape[0], _OpenLoop(actions), actions.shape[1], True)
+
+    def _play(
+        self, num: int, policy: "_Policy | _OpenLoop", max_steps, record: bool
+    ) -> tuple[np.ndarray, np.ndarray, NativeTrajectory | None]:
+        with self._lock:
+            if self._pool is None:
+                raise RuntimeError("this NativeAntRollout has been closed")
+            # Per episode; values beyond the horizon are capped to it.
+            episode_limit = np.minimum(np.broadcast_to(max_steps, (num,)), self.horizon)
+            limit = int(episode_limit.max())
+            obs = _observation(
+                self._home_state[1 : 1 + self._nq].astype(np.float32),
+                np.zeros(self._nv, np.float32),
+                self._reset_control32,
+                self._home_qpos32,
+                np,
             )
-            for lo, hi in zip(bounds[:-1], bounds[1:])
-        ]
-        if groups == 1:
-            batch = batches[0]
-            while not batch.finished_all:
-                batch.observe(self._step_physics(*batch.act()))
-        else:
-            self._overlapped(batches)
-        if record:
+            lengths = np.zeros(num, np.int32)
+            returns = np.zeros(num, np.float64)
+            trajectory = None
+            if record:
+                trajectory = NativeTrajectory(
+                    observations=np.empty((num, limit + 1, obs.size), np.float32),
+                    qpos=np.empty((num, limit + 1, self._nq)),
+                    rewards=np.zeros((num, limit), np.float32),
+                    done=np.ones((num, limit), bool),
+                )
+                trajectory.observations[:, 0] = obs
+                trajectory.qpos[:, 0] = self._home_state[1 : 1 + self._nq]
+            groups = 2 if self.overlap and num >= _MIN_OVERLAP_EPISODES else 1
+            bounds = np.linspace(0, num, groups + 1).astype(int)
+            batches = [
+                _EpisodeBatch(
+                    self, slice(lo, hi), policy, obs, episode_limit, lengths, returns, trajectory
+                )
+                for lo, hi in zip(bounds[:-1], bounds[1:])
+            ]
+            if groups == 1:
+                batch = batches[0]
+                while not batch.finished_all:
+                    batch.observe(self._step_physics(*batch.act()))
+            else:
+                self._overlapped(batches)
             return lengths, returns.astype(np.float32), trajectory
-        return lengths, returns.astype(np.float32)
 
     def _overlapped(self, batches: list["_EpisodeBatch"]) -> None:
         """Step the batches in turn, each one's physics (on a helper thread) overlapping the
@@ -246,23 +267,31 @@ class NativeAntRollout:
         physics this thread computes the next batch's observations, rewards and actions: on 2 cores
         that host work otherwise leaves a core idle for about a third of each control step. Only one
         physics call is in flight at a time, so the pool and its per-thread ``MjData`` are used as
-        in the sequential loop, and every episode gets bitwise the same numbers.
+        in the sequential loop, and every episode gets bitwise the same numbers. When this thread
+        raises (or is interrupted), it waits for the call in flight before it returns, so that
+        the next call cannot race it.
         """
         ready = collections.deque((batch, batch.act()) for batch in batches)
-        running = None
-        while ready or running is not None:
-            if running is not None:
-                out = running[1].result()
-            launched = None
-            if ready:
-                batch, args = ready.popleft()
-                launched = (batch, self._executor.submit(self._step_physics, *args))
-            if running is not None:
-                batch = running[0]
-                batch.observe(out)
-                if not batch.finished_all:
-                    ready.append((batch, batch.act()))
-            running = launched
+        running = None  # (batch, future) of the physics call in flight
+        try:
+            while ready or running is not None:
+                finished = None
+                if running is not None:
+                    out = running[1].result()
+                    finished, running = running[0], None
+                if ready:
+                    batch, args = ready.popleft()
+                    running = (batch, self._executor.submit(self._step_physics, *args))
+                if finished is not None:
+                    finished.observe(out)
+                    if not finished.finished_all:
+                        ready.append((finished, finished.act()))
+        finally:
+            while running is not None and not running[1].done():
+                try:
+                    concurrent.futures.wait([running[1]])
+                except KeyboardInterrupt:  # one control step at most: the first one propagates
+                    pass
 
     def _step_physics(
         self,
@@ -300,9 +329,7 @@ class _EpisodeBatch:
         self,
         rollout: NativeAntRollout,
         rows: slice,
-        layers,
-        activation,
-        final_activation,
+        policy: "_Policy | _OpenLoop",
         reset_obs,
         episode_limit,
         lengths,
@@ -311,8 +338,7 @@ class _EpisodeBatch:
     ):
         num = rows.stop - rows.start
         self.rollout, self.rows, self.trajectory = rollout, rows, trajectory
-        self.layers = [(w[rows], None if b is None else b[rows]) for w, b in layers]
-        self.activation, self.final_activation = activation, final_activation
+        self.policy = policy.take(rows)
         self.episode_limit = episode_limit[rows]
         self.lengths, self.returns = lengths[rows], returns[rows]  # views into the shared arrays
         self.state = np.tile(rollout._home_state, (num, 1))
@@ -320,7 +346,7 @@ class _EpisodeBatch:
         self.obs = np.tile(reset_obs, (num, 1))
         self.finished = np.zeros(num, bool)
         self.live = np.arange(num)  # the episodes stepped: the running ones (all if not drop_done)
-        self.evaluated = self.live  # the policies whose parameters `layers` holds, ⊇ `live`
+        self.evaluated = self.live  # the episodes whose policies `policy` holds, ⊇ `live`
         self.step = 0
         self.limit = int(self.episode_limit.max())
         self.finished_all = False
@@ -328,9 +354,7 @@ class _EpisodeBatch:
     def act(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The live episodes' physics state, solver warmstart and controls for this step."""
         rollout, live = self.rollout, self.live
-        actions = _mlp_forward(
-            self.layers, self.activation, self.final_activation, self.obs[self.evaluated]
-        )
+        actions = self.policy(self.obs[self.evaluated], self.step)
         if self.evaluated.size != live.size:
             actions = actions[np.searchsorted(self.evaluated, live)]
         # As the MJX env's clip(nan_to_num(a), -1, 1), without nan_to_num's slow infinities.
@@ -388,8 +412,7 @@ class _EpisodeBatch:
         # Re-gathering the parameters costs a copy of them; doing it only when the live batch
         # has halved bounds the wasted policy evaluations to the same factor of two.
         if 2 * self.live.size <= self.evaluated.size:
-            keep = np.searchsorted(self.evaluated, self.live)
-            self.layers = [(w[keep], None if b is None else b[keep]) for w, b in self.layers]
+            self.policy = self.policy.take(np.searchsorted(self.evaluated, self.live))
             self.evaluated = self.live
 
     def _record(self, step, counted, reward, done, qpos) -> None:
@@ -409,83 +432,35 @@ class _EpisodeBatch:
             array[:, step + 1 :] = array[:, step : step + 1]
 
 
-def _mlp_forward(
-    layers: list[tuple[np.ndarray, np.ndarray | None]],
-    activation: Callable,
-    final_activation: Callable,
-    x: Float[np.ndarray, "k in"],
-) -> Float[np.ndarray, "k out"]:
-    """``eqx.nn.MLP.__call__`` for ``k`` policies at once, one observation each."""
-    for index, (weight, bias) in enumerate(layers):
-        x = np.matmul(weight, x[:, :, None])[:, :, 0]
-        if bias is not None:
-            x += bias
-        x = (final_activation if index == len(layers) - 1 else activation)(x)
-    return x
+class _Policy:
+    """``k`` stacked MLPs (NumPy float32 layers): each one's action at its observation."""
+
+    def __init__(self, layers, activation: Callable, final_activation: Callable):
+        self.layers, self.activation, self.final_activation = layers, activation, final_activation
+
+    def take(self, index: slice | Int[np.ndarray, " m"]) -> "_Policy":
+        layers = [(w[index], None if b is None else b[index]) for w, b in self.layers]
+        return _Policy(layers, self.activation, self.final_activation)
+
+    def __call__(self, obs: Float[np.ndarray, "k 34"], step: int) -> Float[np.ndarray, "k 8"]:
+        return _mlp_forward(self.layers, self.activation, self.final_activation, obs)
 
 
-def _numpy_activation(fn: Callable) -> Callable:
-    if fn is jnp.tanh:
-        return np.tanh
-    if fn is jax.nn.relu:
-        return lambda x: np.maximum(x, 0.0)
-    return lambda x: np.asarray(fn(x), np.float32)
+class _OpenLoop:
+    """``k`` fixed action sequences: the action at each step, whatever the observation."""
+
+    def __init__(self, actions: Float[np.ndarray, "k steps 8"]):
+        self.actions = actions
+
+    def take(self, index: slice | Int[np.ndarray, " m"]) -> "_OpenLoop":
+        return _OpenLoop(self.actions[index])
+
+    def __call__(self, obs: Float[np.ndarray, "k 34"], step: int) -> Float[np.ndarray, "k 8"]:
+        return self.actions[:, step].copy()  # the caller clips it in place
 
 
 def _unpack_policy(
     params: PyTree, policy_static: PyTree
 ) -> tuple[list[tuple[np.ndarray, np.ndarray | None]], Callable, Callable, int]:
     """The layers of ``n`` stacked MLPs as NumPy float32 arrays, checked; ValueError otherwise."""
-    try:
-        policy = eqx.combine(params, policy_static)
-    except Exception as error:  # jax.tree.map's message spans lines; one line is enough here
-        raise ValueError(
-            "params do not match policy_static's tree structure "
-            f"({type(error).__name__}: {str(error).splitlines()[0]})"
-        ) from None
-    if not isinstance(policy, eqx.nn.MLP):
-        raise ValueError(f"expected an equinox.nn.MLP policy, got {type(policy).__name__}")
-    num, first = None, None
-    for index, layer in enumerate(policy.layers):
-        for name, ndim in (("weight", 3), ("bias", 2)):
-            leaf, where = getattr(layer, name), f"params.layers[{index}].{name}"
-            if leaf is None:
-                continue
-            shape = np.shape(leaf)
-            if len(shape) != ndim:
-                raise ValueError(
-                    f"{where} has shape {shape}; expected {ndim} axes, the first one num_envs "
-                    "(params of one unbatched policy?)"
-                )
-            if num is None:
-                num, first = shape[0], where
-            elif shape[0] != num:
-                raise ValueError(
-                    f"{where} has leading (num_envs) axis {shape[0]}, but {first} has {num}"
-                )
-    if not num:
-        raise ValueError("params hold no policies")
-    layers = []
-    in_size = 34
-    for index, layer in enumerate(policy.layers):
-        weight = np.asarray(layer.weight, np.float32)
-        if weight.shape[2] != in_size:
-            raise ValueError(
-                f"params.layers[{index}].weight has shape {weight.shape}; expected "
-                f"({num}, out, {in_size})"
-            )
-        bias = None if layer.bias is None else np.asarray(layer.bias, np.float32)
-        if bias is not None and bias.shape != weight.shape[:2]:
-            raise ValueError(
-                f"params.layers[{index}].bias has shape {bias.shape}; expected {weight.shape[:2]}"
-            )
-        layers.append((weight, bias))
-        in_size = weight.shape[1]
-    if in_size != 8:
-        raise ValueError(
-            f"params.layers[{len(layers) - 1}].weight has shape {layers[-1][0].shape}; the policy "
-            f"must output the 8 Ant actions"
-        )
-    activation = _numpy_activation(policy.activation)
-    final_activation = _numpy_activation(policy.final_activation)
-    return layers, activation, final_activation, int(num)
+    return mlp_layers(params, policy_static, 34, 8)

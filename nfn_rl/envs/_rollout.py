@@ -57,30 +57,41 @@ def episode_return(env: Environment, policy: Callable, key: PRNGKeyArray) -> Flo
     return episode_length_and_return(env, policy, key)[1]
 
 
+def _random_action(env: Environment, key: PRNGKeyArray) -> Array:
+    if env.discrete:
+        return jax.random.randint(key, (), 0, env.action_size)
+    return jax.random.uniform(key, (env.action_size,), minval=-1.0, maxval=1.0)
+
+
 def observation_statistics(
     env: Environment, *, key: PRNGKeyArray, episodes: int = 16
 ) -> tuple[Float[Array, " obs"], Float[Array, " obs"]]:
     """Mean and standard deviation of each observation entry over the live steps of
     `episodes` episodes of uniformly random actions: the scale of what a policy sees.
 
-    The standard deviation is at least 1e-3 (an entry that never moves).
+    The standard deviation is at least 1e-3 (an entry that never moves). A `NativeAnt` plays
+    the episodes on MuJoCo's C engine (the same actions, its own simulator; no MJX compiled).
     """
 
     def episode(key):
         reset_key, action_key = jax.random.split(key)
+        action_keys = jax.random.split(action_key, env.horizon)
 
         def step(state: EnvState, step_key):
-            if env.discrete:
-                action = jax.random.randint(step_key, (), 0, env.action_size)
-            else:
-                action = jax.random.uniform(step_key, (env.action_size,), minval=-1.0, maxval=1.0)
-            return env.step(state, action), (state.obs, ~state.done)
+            return env.step(state, _random_action(env, step_key)), (state.obs, ~state.done)
 
-        keys = jax.random.split(action_key, env.horizon)
-        _, (obs, live) = jax.lax.scan(step, env.reset(reset_key), keys)
+        _, (obs, live) = jax.lax.scan(step, env.reset(reset_key), action_keys)
         return obs, live
 
-    obs, live = jax.vmap(episode)(jax.random.split(key, episodes))
+    def open_loop_actions(key):
+        action_keys = jax.random.split(jax.random.split(key)[1], env.horizon)
+        return jax.vmap(lambda k: _random_action(env, k))(action_keys)
+
+    keys = jax.random.split(key, episodes)
+    if isinstance(env, NativeAnt):
+        obs, live = env.open_loop_observations(jax.vmap(open_loop_actions)(keys))
+    else:
+        obs, live = jax.vmap(episode)(keys)
     obs, weight = obs.reshape(-1, obs.shape[-1]), live.reshape(-1, 1)
     count = jnp.maximum(jnp.sum(weight), 1)
     mean = jnp.sum(jnp.where(weight, obs, 0.0), axis=0) / count

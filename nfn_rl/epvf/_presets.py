@@ -15,15 +15,20 @@ as many environments as the batch and the buffer (only fresh data)."""
 # baseline runs (`nfn_rl.population.ANT_POPULATIONS`); these are the critic's settings on it.
 _CRITIC_SETTINGS: dict[str, dict[str, Any]] = {
     "smoke": dict(critic_steps=4, policy_steps=4, critic_width=32, critic_depth=2),
-    # envs = batch = buffer at 2048. What makes it affordable on a CPU: the native MuJoCo
-    # backend, 5 critic steps and a small UNF critic (4 channels, no layer norm), which keeps the
-    # critic under 30% of an iteration (`benchmarks/epvf_throughput.py --preset cpu`;
-    # docs/epvf.md).
+    # envs = batch = buffer at 2048, with the levers that make the critic carry signal on a
+    # CPU (docs/epvf.md, "Levers beyond the paper"; none is the paper's): antithetic pairs,
+    # centred-rank targets, and the critic's linear head over the UNF features and the flat
+    # parameters (depth 0) refitted in closed form by ridge regression on each fresh batch. A
+    # small UNF encoder (4 channels, no layer norm, 5 Adam steps) keeps the critic cheap next
+    # to the native MuJoCo rollouts (`benchmarks/epvf_throughput.py --preset cpu`).
     "cpu": dict(
         critic_steps=5,
         policy_steps=10,
         critic_width=64,
-        critic_depth=2,
+        critic_depth=0,
+        critic_ridge=0.3,
+        critic_targets="centered_ranks",
+        antithetic=True,
         unf_channels=4,
         unf_features=32,
         unf_layer_norm=False,

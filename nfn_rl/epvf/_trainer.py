@@ -25,6 +25,7 @@ from nfn_rl.population import (
     population_env,
     shape_returns,
     with_policy_lr,
+    with_resolved_backend,
 )
 from nfn_rl.run import (
     FIFOBuffer,
@@ -272,11 +273,14 @@ def make_epvf(config: EPVFConfig, env: Environment | None = None) -> EPVFTrainer
 
     It trains on all devices (`EPVFTrainer.mesh`), so `num_envs` and `batch_size` must be
     multiples of the device count (else a ValueError); the environment's arrays are replicated.
+    On an Ant, the trainer's config names the simulator used (`backend` "native" or "mjx", never
+    "auto"), which `config.json` and the checkpoints record.
     """
     if not isinstance(config, EPVFConfig):
         raise TypeError(f"make_epvf needs an EPVFConfig, got {type(config).__name__}")
     mesh = device_mesh(config, ("num_envs", "batch_size"))
     env = population_env(config, env, mesh)
+    config = with_resolved_backend(config, env)
 
     def build(key):
         policy = make_policy(env, config.policy_width, config.policy_depth, key=key)

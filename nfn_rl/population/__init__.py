@@ -26,3 +26,4 @@ from nfn_rl.population._trainer import policy_lr_at as policy_lr_at
 from nfn_rl.population._trainer import policy_optimizer as policy_optimizer
 from nfn_rl.population._trainer import population_env as population_env
 from nfn_rl.population._trainer import with_policy_lr as with_policy_lr
+from nfn_rl.population._trainer import with_resolved_backend as with_resolved_backend

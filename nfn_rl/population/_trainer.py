@@ -1,6 +1,8 @@
 """What EPVF and the ES baseline share: one policy perturbed into a population each iteration,
 rolled out on every device, and moved by a scheduled optimiser under a weight clip."""
 
+import dataclasses
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -214,6 +216,15 @@ def population_env(config: PerturbationConfig, env: Environment | None, mesh: Me
     env_arrays, env_static = eqx.partition(env, eqx.is_array)
     env_arrays = jax.tree.map(np.asarray, env_arrays)
     return eqx.combine(jax.device_put(env_arrays, NamedSharding(mesh, PartitionSpec())), env_static)
+
+
+def with_resolved_backend(config: PerturbationConfig, env: Environment) -> PerturbationConfig:
+    """`config` naming the simulator `env` uses on an Ant (`backend` "native" or "mjx", never
+    "auto", which another machine may resolve otherwise), so that `config.json` and the
+    checkpoints record it and a resume on the other one is refused by name."""
+    if not isinstance(env, Ant):
+        return config
+    return dataclasses.replace(config, backend="native" if isinstance(env, NativeAnt) else "mjx")
 
 
 def _with_backend(config: PerturbationConfig, env: Environment) -> Environment:

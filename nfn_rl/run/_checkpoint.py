@@ -14,6 +14,8 @@ import equinox as eqx
 import jax
 from jaxtyping import PyTree
 
+from nfn_rl.run._files import replace_file
+
 CHECKPOINT_FORMAT = "nfn_rl.checkpoint/3"
 
 
@@ -29,7 +31,8 @@ def nfn_version() -> str:
 
 
 def save_checkpoint(path: Path, state: PyTree, header: dict[str, Any]) -> None:
-    """Write the header line, then the serialised state; atomically replaces `path`."""
+    """Write the header line, then the serialised state; replaces `path` atomically and durably
+    (`replace_file`: a crash before the rename leaves the previous checkpoint usable)."""
     payload = io.BytesIO()
     eqx.tree_serialise_leaves(payload, state)
     payload = payload.getvalue()
@@ -39,9 +42,8 @@ def save_checkpoint(path: Path, state: PyTree, header: dict[str, Any]) -> None:
         "payload_bytes": len(payload),
         "payload_sha256": hashlib.sha256(payload).hexdigest(),
     }
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes((json.dumps(header) + "\n").encode() + payload)
-    os.replace(tmp, path)
+    data = (json.dumps(header) + "\n").encode() + payload
+    replace_file(path, lambda tmp: tmp.write_bytes(data))
 
 
 def _split(path: Path) -> tuple[dict[str, Any], bytes]:
@@ -67,10 +69,16 @@ def _json_normal(fields: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(fields))
 
 
-def load_checkpoint(path: str | os.PathLike, trainer) -> tuple[PyTree, dict[str, Any]]:
+def load_checkpoint(
+    path: str | os.PathLike, trainer, *, allow_backend_change: bool = False
+) -> tuple[PyTree, dict[str, Any]]:
     """The state and header at `path`, after checking the payload's length and sha256, that it
     was written for `trainer.config`, and that the state is at the header's iteration. Every
-    error names the file and the problem."""
+    error names the file and the problem.
+
+    A config that differs only in `backend` (the simulator: the checkpoint's run used one, this
+    trainer another) is refused unless `allow_backend_change`: the run would go on with returns
+    from another simulator."""
     path = Path(path)
     header, payload = _split(path)
     expected = header.get("payload_bytes")
@@ -93,12 +101,22 @@ def load_checkpoint(path: str | os.PathLike, trainer) -> tuple[PyTree, dict[str,
         stored = _json_normal(type(trainer.config).from_dict(stored).to_dict())
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{path}: its stored config is not valid today: {error}") from None
-    if stored != given:
-        diff = {
-            name: (stored.get(name), given.get(name))
-            for name in sorted(set(stored) | set(given))
-            if stored.get(name) != given.get(name)
-        }
+    diff = {
+        name: (stored.get(name), given.get(name))
+        for name in sorted(set(stored) | set(given))
+        if stored.get(name) != given.get(name)
+    }
+    if allow_backend_change:
+        diff.pop("backend", None)
+    if set(diff) == {"backend"}:
+        was, now = diff["backend"]
+        raise CheckpointError(
+            f"{path} was trained on the {was!r} backend, and this trainer simulates with {now!r} "
+            f"(EPVFConfig.backend, or 'auto' choosing otherwise on this machine): set "
+            f"backend={was!r} to continue on the same simulator, or pass "
+            f"allow_backend_change=True (--allow-backend-change) to continue on {now!r}"
+        )
+    if diff:
         raise CheckpointError(
             f"{path}: config differs from the checkpoint's (stored, given): {diff}"
         )

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from nfn_rl.run._checkpoint import load_checkpoint, nfn_version, save_checkpoint
 from nfn_rl.run._distributed import barrier, host_values, is_main_process, new_run_ids
+from nfn_rl.run._files import replace_file
 from nfn_rl.run._report import METRIC_COLUMNS, append_metrics, plot_returns, read_metrics
 from nfn_rl.run._trainer import Trainer
 
@@ -114,12 +115,6 @@ def _seed_state(states: PyTree, index: int) -> PyTree:
     return jax.tree.map(lambda x: x[index], states)
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _fresh_states(trainer: Trainer, seeds: tuple[int, ...]) -> PyTree:
     # A chunk donates its states, and one buffer must not be donated twice: an initial state may
     # hold one array in two places (an observation that is the physics state, or target networks
@@ -203,6 +198,7 @@ def run_training(
     desc: str,
     overwrite: bool = False,
     on_chunk: Callable[[int], None] | None = None,
+    allow_backend_change: bool = False,
 ) -> PyTree:
     """Train every seed from scratch (or from its checkpoint with `resume`) to
     `config.iterations` in one compiled program, recording each seed's run in its directory
@@ -211,7 +207,9 @@ def run_training(
     A fresh run refuses a directory that holds a run, unless `overwrite` (which moves that
     run's files into a `replaced_<time>` folder inside it). A resume keeps the rows of the
     checkpoint's run up to the checkpoint and rebuilds any that are missing by replaying the
-    run from its start; a finished run resumed trains nothing and loses nothing. A seed's
+    run from its start; a finished run resumed trains nothing and loses nothing. A resume whose
+    trainer simulates with another backend than the checkpoint's is refused unless
+    `allow_backend_change` (`load_checkpoint`). A seed's
     metrics and state do not depend on which other seeds train beside it.
 
     In a multi-process run every process calls this alike; process 0 alone writes the files
@@ -225,7 +223,12 @@ def run_training(
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other: continue a run or replace it")
     if resume:
-        loaded = [load_checkpoint(d / "checkpoint.eqx", trainer) for d in dirs]
+        loaded = [
+            load_checkpoint(
+                d / "checkpoint.eqx", trainer, allow_backend_change=allow_backend_change
+            )
+            for d in dirs
+        ]
         for (_, header), seed, d in zip(loaded, seeds, dirs, strict=True):
             if header["seed"] != seed:
                 raise RunDirectoryError(
@@ -279,7 +282,7 @@ def run_training(
         env_steps, wall_offset, done = [0] * len(seeds), 0.0, 0
     if writer:
         for d in dirs:
-            _write_text(d / "config.json", config_json + "\n")
+            replace_file(d / "config.json", lambda tmp: tmp.write_text(config_json + "\n"))
 
     bar = None
     if progress and writer:

@@ -2,8 +2,9 @@
 
 import csv
 import math
-import os
 from pathlib import Path
+
+from nfn_rl.run._files import replace_file
 
 METRIC_COLUMNS = (
     "run_id",
@@ -35,20 +36,21 @@ _STR_COLUMNS = {"run_id"}
 def append_metrics(path: Path, rows: list[dict], *, fresh: bool = False) -> None:
     """Append rows (dicts keyed by `METRIC_COLUMNS`); `fresh` starts a new file with a header.
 
-    Atomic: the whole file is written anew beside `path`, then renamed over it, so a reader
-    (or a kill) sees the old rows or all the new ones.
+    Atomic and durable (`replace_file`): the whole file is written anew beside `path`, then
+    renamed over it, so a reader (or a kill, or a power loss) sees the old rows or all the new
+    ones.
     """
     previous = "" if fresh or not path.is_file() else path.read_text()
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as f:
-        f.write(previous)
-        writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
-        if fresh:
-            writer.writeheader()
-        writer.writerows(rows)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as f:
+            f.write(previous)
+            writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
+            if fresh:
+                writer.writeheader()
+            writer.writerows(rows)
+
+    replace_file(path, write)
 
 
 def _parse(row: dict) -> dict:
@@ -124,9 +126,7 @@ def plot_returns(rows: list[dict], path: Path) -> None:
         ax.legend()
     fig.tight_layout()
     # Written beside `path`, then renamed over it: a reader never sees half a picture.
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, dpi=120, format="png")
-    os.replace(tmp, path)
+    replace_file(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
 
 
 def _finite(value: float) -> bool:
