@@ -2,6 +2,10 @@
 
 from nfn_rl.envs._ant import Ant as Ant
 from nfn_rl.envs._cartpole import Cartpole as Cartpole
+from nfn_rl.envs._gym_tasks import NATIVE_GYMNASIUM_TASKS as NATIVE_GYMNASIUM_TASKS
+from nfn_rl.envs._gym_tasks import NativeGymnasiumRollout as NativeGymnasiumRollout
+from nfn_rl.envs._gymnasium import GymnasiumEnv as GymnasiumEnv
+from nfn_rl.envs._gymnasium import GymnasiumVectorRollout as GymnasiumVectorRollout
 from nfn_rl.envs._host import NativeAnt as NativeAnt
 from nfn_rl.envs._native import NativeAntRollout as NativeAntRollout
 from nfn_rl.envs._native import NativeTrajectory as NativeTrajectory

@@ -36,14 +36,11 @@ tolerances).
 
 import collections
 import concurrent.futures
-import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import equinox as eqx
-import jax
-import jax.numpy as jnp
 import mujoco
 import numpy as np
 from jaxtyping import Bool, Float, Int, PyTree
@@ -51,6 +48,8 @@ from mujoco import rollout as mj_rollout
 
 from nfn_rl.envs._ant import Ant, _fallen, _load_mj_model, _observation, _rotate_into_frame
 from nfn_rl.envs._ant import tracking_reward as _tracking_reward
+from nfn_rl.envs._batched import mlp_forward as _mlp_forward
+from nfn_rl.envs._batched import mlp_layers, usable_cpus
 
 _FULLPHYSICS = mujoco.mjtState.mjSTATE_FULLPHYSICS.value
 _CTRL = mujoco.mjtState.mjSTATE_CTRL.value
@@ -460,93 +459,8 @@ class _OpenLoop:
         return self.actions[:, step].copy()  # the caller clips it in place
 
 
-def _mlp_forward(
-    layers: list[tuple[np.ndarray, np.ndarray | None]],
-    activation: Callable,
-    final_activation: Callable,
-    x: Float[np.ndarray, "k in"],
-) -> Float[np.ndarray, "k out"]:
-    """``eqx.nn.MLP.__call__`` for ``k`` policies at once, one observation each."""
-    for index, (weight, bias) in enumerate(layers):
-        x = np.matmul(weight, x[:, :, None])[:, :, 0]
-        if bias is not None:
-            x += bias
-        x = (final_activation if index == len(layers) - 1 else activation)(x)
-    return x
-
-
-def _numpy_activation(fn: Callable) -> Callable:
-    if fn is jnp.tanh:
-        return np.tanh
-    if fn is jax.nn.relu:
-        return lambda x: np.maximum(x, 0.0)
-    # A copy: NumPy's view of a JAX array is read-only, and the actions are clipped in place.
-    return lambda x: np.array(fn(x), np.float32)
-
-
-def usable_cpus() -> int:
-    """The CPUs this process may run on: its affinity (which schedulers and ``taskset`` set),
-    else the machine's count where the platform has no affinity."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
-
-
 def _unpack_policy(
     params: PyTree, policy_static: PyTree
 ) -> tuple[list[tuple[np.ndarray, np.ndarray | None]], Callable, Callable, int]:
     """The layers of ``n`` stacked MLPs as NumPy float32 arrays, checked; ValueError otherwise."""
-    try:
-        policy = eqx.combine(params, policy_static)
-    except Exception as error:  # jax.tree.map's message spans lines; one line is enough here
-        raise ValueError(
-            "params do not match policy_static's tree structure "
-            f"({type(error).__name__}: {str(error).splitlines()[0]})"
-        ) from None
-    if not isinstance(policy, eqx.nn.MLP):
-        raise ValueError(f"expected an equinox.nn.MLP policy, got {type(policy).__name__}")
-    num, first = None, None
-    for index, layer in enumerate(policy.layers):
-        for name, ndim in (("weight", 3), ("bias", 2)):
-            leaf, where = getattr(layer, name), f"params.layers[{index}].{name}"
-            if leaf is None:
-                continue
-            shape = np.shape(leaf)
-            if len(shape) != ndim:
-                raise ValueError(
-                    f"{where} has shape {shape}; expected {ndim} axes, the first one num_envs "
-                    "(params of one unbatched policy?)"
-                )
-            if num is None:
-                num, first = shape[0], where
-            elif shape[0] != num:
-                raise ValueError(
-                    f"{where} has leading (num_envs) axis {shape[0]}, but {first} has {num}"
-                )
-    if not num:
-        raise ValueError("params hold no policies")
-    layers = []
-    in_size = 34
-    for index, layer in enumerate(policy.layers):
-        weight = np.asarray(layer.weight, np.float32)
-        if weight.shape[2] != in_size:
-            raise ValueError(
-                f"params.layers[{index}].weight has shape {weight.shape}; expected "
-                f"({num}, out, {in_size})"
-            )
-        bias = None if layer.bias is None else np.asarray(layer.bias, np.float32)
-        if bias is not None and bias.shape != weight.shape[:2]:
-            raise ValueError(
-                f"params.layers[{index}].bias has shape {bias.shape}; expected {weight.shape[:2]}"
-            )
-        layers.append((weight, bias))
-        in_size = weight.shape[1]
-    if in_size != 8:
-        raise ValueError(
-            f"params.layers[{len(layers) - 1}].weight has shape {layers[-1][0].shape}; the policy "
-            f"must output the 8 Ant actions"
-        )
-    activation = _numpy_activation(policy.activation)
-    final_activation = _numpy_activation(policy.final_activation)
-    return layers, activation, final_activation, int(num)
+    return mlp_layers(params, policy_static, 34, 8)

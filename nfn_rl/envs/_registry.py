@@ -4,6 +4,7 @@ from collections.abc import Callable
 
 from nfn_rl.envs._ant import Ant
 from nfn_rl.envs._cartpole import Cartpole
+from nfn_rl.envs._gymnasium import GymnasiumEnv, gymnasium_spec
 from nfn_rl.envs._protocol import Environment
 
 EnvFactory = Callable[[int | None], Environment]
@@ -37,7 +38,17 @@ def env_names() -> tuple[str, ...]:
 
 
 def make_env(name: str, horizon: int | None = None) -> Environment:
-    """The environment registered as `name`, with its default horizon unless `horizon` is given."""
-    if name not in _ENVS:
-        raise ValueError(f"unknown environment {name!r}; known: {', '.join(env_names())}")
-    return _ENVS[name](horizon)
+    """The environment registered as `name`, with its default horizon unless `horizon` is given.
+
+    Any id registered with Gymnasium (e.g. `"Swimmer-v5"`) gives a `GymnasiumEnv`: natively
+    batched on MuJoCo's C engine where a native version exists, else stepped by Gymnasium's
+    vector API on the host.
+    """
+    if name in _ENVS:
+        return _ENVS[name](horizon)
+    if gymnasium_spec(name) is not None:
+        return GymnasiumEnv(name, horizon)
+    raise ValueError(
+        f"unknown environment {name!r}; known: {', '.join(env_names())}, or any registered "
+        "Gymnasium id (e.g. 'Swimmer-v5')"
+    )

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
+from nfn_rl.envs._gymnasium import GymnasiumEnv
 from nfn_rl.envs._host import NativeAnt
 from nfn_rl.envs._protocol import Environment, EnvState
 
@@ -26,10 +27,13 @@ def episode_length_and_return(
     Runs a fixed `env.horizon` steps so that it vmaps over policies; transitions out of a done
     state count neither reward nor steps. Non-finite rewards before the end propagate into the
     return so that callers can detect them. A `NativeAnt` plays MLP policies' episodes on
-    MuJoCo's C engine instead (its reset is deterministic: `key` is unused).
+    MuJoCo's C engine instead (its reset is deterministic: `key` is unused), and a
+    `GymnasiumEnv` on the host from the reset of `key`.
     """
     if isinstance(env, NativeAnt) and isinstance(policy, eqx.nn.MLP):
         return env.episode(policy)
+    if isinstance(env, GymnasiumEnv):
+        return env.episode(policy, key)
 
     def step(carry: tuple[EnvState, Array, Array], _):
         state, length, total = carry

@@ -11,7 +11,14 @@ import optax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 from jaxtyping import Array, Float, Int, Key, PRNGKeyArray, PyTree
 
-from nfn_rl.envs import Ant, Environment, NativeAnt, episode_length_and_return, make_env
+from nfn_rl.envs import (
+    Ant,
+    Environment,
+    GymnasiumEnv,
+    NativeAnt,
+    episode_length_and_return,
+    make_env,
+)
 from nfn_rl.population._config import PerturbationConfig
 from nfn_rl.population._perturb import perturb_population
 from nfn_rl.population._policy import make_policy
@@ -140,7 +147,7 @@ class PopulationTrainer(Trainer):
     def _returns(
         self, params: PyTree[Array], keys: Key[Array, " n"]
     ) -> tuple[Int[Array, " n"], Float[Array, " n"]]:
-        if isinstance(self.env, NativeAnt):
+        if isinstance(self.env, NativeAnt | GymnasiumEnv):
             return self._returns_on_each_device(params, keys)
         return self._episodes(self.env, params, keys)
 
@@ -221,7 +228,12 @@ def with_resolved_backend(config: PerturbationConfig, env: Environment) -> Pertu
 
 
 def _with_backend(config: PerturbationConfig, env: Environment) -> Environment:
-    """`env`, as a `NativeAnt` where `config.backend` asks for MuJoCo's C engine."""
+    """`env`, as a `NativeAnt` where `config.backend` asks for MuJoCo's C engine.
+
+    A `GymnasiumEnv` chose its backend itself (native where it has one).
+    """
+    if isinstance(env, GymnasiumEnv):
+        return env
     backend = config.backend
     if backend == "auto":
         # One CPU device per process (in a multi-process run, each process plays its share).

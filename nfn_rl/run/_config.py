@@ -7,6 +7,7 @@ import math
 from typing import Any, ClassVar
 
 from nfn_rl.envs import env_names
+from nfn_rl.envs._gymnasium import gymnasium_spec
 
 
 def fail(owner: str, name: str, message: str):
@@ -66,9 +67,14 @@ class TrainConfig:
 
     def __post_init__(self):
         owner = type(self).__name__
-        if self.env not in env_names():
+        if self.env not in env_names() and gymnasium_spec(self.env) is None:
             known = ", ".join(env_names())
-            fail(owner, "env", f"unknown environment {self.env!r}; known: {known}")
+            fail(
+                owner,
+                "env",
+                f"unknown environment {self.env!r}; known: {known}, or any registered "
+                "Gymnasium id (e.g. 'Swimmer-v5')",
+            )
         if self.horizon is not None:
             check_int(owner, "horizon", self.horizon, minimum=1)
         for name in (

@@ -1,0 +1,529 @@
+"""Batched MuJoCo episodes on the host for any task: one thread pool, many closed-loop policies.
+
+The machinery of `nfn_rl.envs.NativeAntRollout`, written once for any MuJoCo task: a task says how
+its actions become controls and how a transition's physics becomes an observation, a reward and a
+termination flag (`BatchedTask`); `PhysicsPool` steps ``k`` environments ``frame_skip`` physics
+steps at once with ``mujoco.rollout`` on a persistent thread pool; `EpisodeBatch` advances the
+episodes of a batch of policies in lock-step, drops finished ones, and with two batches the
+physics of one (on the pool, without the GIL) overlaps the host work of the other.
+"""
+
+import abc
+import collections
+import concurrent.futures
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import mujoco
+import numpy as np
+from jaxtyping import Bool, Float, Int, PyTree
+from mujoco import rollout as mj_rollout
+
+_FULLPHYSICS = mujoco.mjtState.mjSTATE_FULLPHYSICS.value
+_CTRL = mujoco.mjtState.mjSTATE_CTRL.value
+# Below this many episodes per call the physics is too short to hide the host work behind it.
+MIN_OVERLAP_EPISODES = 64
+
+
+class BatchedTask(abc.ABC):
+    """What a MuJoCo task adds to the shared machinery: its model and its transition.
+
+    Subclasses set ``model``, ``frame_skip``, ``observation_size`` and ``action_size`` and
+    implement `controls` and `transition`, vectorised over a batch of environments in NumPy.
+    """
+
+    model: mujoco.MjModel
+    frame_skip: int
+    observation_size: int
+    action_size: int
+
+    @abc.abstractmethod
+    def controls(self, actions: Float[np.ndarray, "k act"]) -> Float[np.ndarray, "k nu"]:
+        """The MuJoCo controls that ``actions`` (the actors' output) apply."""
+
+    @abc.abstractmethod
+    def observation(
+        self, qpos: Float[np.ndarray, "k nq"], qvel: Float[np.ndarray, "k nv"]
+    ) -> Float[np.ndarray, "k obs"]:
+        """The observation of each state (the reset observation too)."""
+
+    @abc.abstractmethod
+    def transition(
+        self,
+        before: Float[np.ndarray, "k nstate"],
+        after: Float[np.ndarray, "k nstate"],
+        actions: Float[np.ndarray, "k act"],
+    ) -> tuple[Float[np.ndarray, "k obs"], Float[np.ndarray, " k"], Bool[np.ndarray, " k"]]:
+        """Observation, reward and termination of the control step from ``before`` to ``after``
+        (full physics states) under ``actions``."""
+
+
+class Trajectory(eqx.Module):
+    """Per-step record of a batch of episodes (`PhysicsPool.play` with ``record=True``).
+
+    ``observations[:, t]`` is the observation the actor acted on at step ``t`` (index 0: the reset
+    observation), ``rewards[:, t]`` and ``terminated[:, t]`` those of the transition out of it,
+    and ``done[:, t]`` whether the episode ended there (terminated or truncated). After an episode
+    has ended its observation is frozen, its reward 0 and ``done`` True.
+    """
+
+    observations: Float[np.ndarray, "n steps_plus_one obs"]
+    qpos: Float[np.ndarray, "n steps_plus_one nq"]
+    rewards: Float[np.ndarray, "n steps"]
+    terminated: Bool[np.ndarray, "n steps"]
+    done: Bool[np.ndarray, "n steps"]
+
+
+class PhysicsPool:
+    """``mujoco.rollout``'s thread pool for one task's model, and the episodes it plays.
+
+    A plain class, not an `equinox.Module`: it owns a native thread pool and per-thread ``MjData``
+    scratch, mutable host resources that must not be traced, copied or compared as pytree leaves.
+    ``num_threads`` defaults to `usable_cpus`. Release the pool with `close` or
+    by using it as a context manager. Calls from several threads (JAX may run the host callbacks
+    of several devices at once) take turns. Results are
+    deterministic for a given input and do not depend on ``num_threads`` or ``overlap`` (each
+    episode runs on one thread from a fully specified state).
+    """
+
+    def __init__(self, task: BatchedTask, num_threads: int | None = None, *, overlap: bool = True):
+        if num_threads is None:
+            num_threads = usable_cpus()
+        if num_threads < 1:
+            raise ValueError(f"num_threads must be positive, got {num_threads}")
+        self.task = task
+        self.num_threads = num_threads
+        self.overlap = overlap
+        model = task.model
+        self.nstate = mujoco.mj_stateSize(model, _FULLPHYSICS)
+        self.nq, self.nv = model.nq, model.nv
+        data = mujoco.MjData(model)
+        self.reset_state = np.empty(self.nstate)
+        mujoco.mj_getState(model, data, self.reset_state, _FULLPHYSICS)
+        # Work items per thread and control step: a few balance the threads when one is slowed
+        # down (by another process) at little scheduling cost.
+        self._chunks_per_thread = 4
+        self._pool = mj_rollout.Rollout(nthread=num_threads)
+        self._thread_data = [mujoco.MjData(model) for _ in range(num_threads)]
+        # The one thread that issues physics calls while this one does the host work.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nfn-physics")
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        """Stop the thread pool (after the call in progress); the object cannot roll out
+        afterwards."""
+        with self._lock:
+            if self._pool is not None:
+                self._executor.shutdown()
+                self._pool.close()
+                self._pool = None
+
+    def __enter__(self) -> "PhysicsPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def states(
+        self, qpos: Float[np.ndarray, "n nq"], qvel: Float[np.ndarray, "n nv"]
+    ) -> Float[np.ndarray, "n nstate"]:
+        """Full physics states of a freshly reset ``MjData`` with these positions and velocities
+        (what ``mj_resetData`` then writing ``qpos`` and ``qvel`` leaves)."""
+        states = np.tile(self.reset_state, (qpos.shape[0], 1))
+        states[:, 1 : 1 + self.nq] = qpos
+        states[:, 1 + self.nq : 1 + self.nq + self.nv] = qvel
+        return states
+
+    def play(
+        self,
+        actor: "Actor",
+        start: Float[np.ndarray, "n nstate"],
+        horizon: int | Int[np.ndarray, " n"],
+        *,
+        record: bool = False,
+    ) -> (
+        tuple[Int[np.ndarray, " n"], Float[np.ndarray, " n"]]
+        | tuple[Int[np.ndarray, " n"], Float[np.ndarray, " n"], Trajectory]
+    ):
+        """One episode per row of ``start`` (full physics states), ``actor`` choosing the actions;
+        ``(lengths, returns)`` in float64, plus a `Trajectory` if ``record``.
+
+        An episode ends when the task terminates it, after ``horizon`` steps (an int or one per
+        episode), or when its physics turns non-finite (that step earns 0; the state is rolled
+        back).
+        """
+        with self._lock:
+            if self._pool is None:
+                raise RuntimeError("this PhysicsPool has been closed")
+            return self._play(actor, start, horizon, record)
+
+    def _play(self, actor, start, horizon, record):
+        num = start.shape[0]
+        episode_limit = np.broadcast_to(np.asarray(horizon), (num,))
+        if np.min(episode_limit) < 1:
+            raise ValueError(f"horizon must be positive, got {np.min(episode_limit)}")
+        limit = int(episode_limit.max())
+        task = self.task
+        nq, nv = self.nq, self.nv
+        obs = task.observation(start[:, 1 : 1 + nq], start[:, 1 + nq : 1 + nq + nv])
+        lengths = np.zeros(num, np.int32)
+        returns = np.zeros(num, np.float64)
+        trajectory = None
+        if record:
+            trajectory = Trajectory(
+                observations=np.empty((num, limit + 1, task.observation_size)),
+                qpos=np.empty((num, limit + 1, self.nq)),
+                rewards=np.zeros((num, limit)),
+                terminated=np.zeros((num, limit), bool),
+                done=np.ones((num, limit), bool),
+            )
+            trajectory.observations[:, 0] = obs
+            trajectory.qpos[:, 0] = start[:, 1 : 1 + self.nq]
+        groups = 2 if self.overlap and num >= MIN_OVERLAP_EPISODES else 1
+        bounds = np.linspace(0, num, groups + 1).astype(int)
+        batches = [
+            EpisodeBatch(
+                self,
+                slice(lo, hi),
+                actor.rows(slice(lo, hi)),
+                start,
+                obs,
+                episode_limit,
+                lengths,
+                returns,
+                trajectory,
+            )
+            for lo, hi in zip(bounds[:-1], bounds[1:])
+        ]
+        if groups == 1:
+            batch = batches[0]
+            while not batch.finished_all:
+                batch.observe(self.step_physics(*batch.act()))
+        else:
+            self._overlapped(batches)
+        if record:
+            return lengths, returns, trajectory
+        return lengths, returns
+
+    def _overlapped(self, batches: list["EpisodeBatch"]) -> None:
+        """Step the batches in turn, each one's physics (on a helper thread) overlapping the
+        previous one's observation and actions (on this thread).
+
+        ``mujoco.rollout`` releases the GIL while it steps, so while its pool runs one batch's
+        physics this thread computes the next batch's observations, rewards and actions. Only one
+        physics call is in flight at a time, so the pool and its per-thread ``MjData`` are used as
+        in the sequential loop, and every episode gets bitwise the same numbers.
+        """
+        ready = collections.deque((batch, batch.act()) for batch in batches)
+        running = None
+        try:
+            while ready or running is not None:
+                if running is not None:
+                    out = running[1].result()
+                launched = None
+                if ready:
+                    batch, args = ready.popleft()
+                    launched = (batch, self._executor.submit(self.step_physics, *args))
+                if running is not None:
+                    batch = running[0]
+                    running = None
+                    batch.observe(out)
+                    if not batch.finished_all:
+                        ready.append((batch, batch.act()))
+                running = launched
+        finally:
+            # No physics call outlives this one, even when the host work above raised or was
+            # interrupted: the next call would race it on the same pool and MjData.
+            while running is not None and not running[1].done():
+                try:
+                    concurrent.futures.wait([running[1]])
+                except KeyboardInterrupt:  # at most one control step to wait; the first counts
+                    pass
+
+    def step_physics(
+        self,
+        start: Float[np.ndarray, "k nstate"],
+        start_warm: Float[np.ndarray, "k nv"],
+        ctrl: Float[np.ndarray, "k nu"],
+    ) -> tuple[Float[np.ndarray, "k nstate"], Float[np.ndarray, "k nv"]]:
+        """``frame_skip`` physics steps of ``k`` environments at constant controls, pooled: the
+        final states and the constraint solver's warmstart for the next step."""
+        frame_skip = self.task.frame_skip
+        out = np.empty((start.shape[0], frame_skip, self.nstate))
+        self._pool.rollout(
+            [self.task.model] * start.shape[0],
+            self._thread_data,
+            start,
+            np.repeat(np.asarray(ctrl, np.float64)[:, None], frame_skip, axis=1),
+            control_spec=_CTRL,
+            skip_checks=True,
+            nstep=frame_skip,
+            initial_warmstart=start_warm,
+            state=out,
+            chunk_size=max(1, start.shape[0] // (self._chunks_per_thread * self.num_threads)),
+        )
+        new = out[:, -1]
+        # rollout() takes the solver's warmstart but does not return it. It is close to the last
+        # acceleration, recovered from the last two velocities (exactly so for Euler; the mean of
+        # the stages' for RK4): a starting guess only, the solver converges from any.
+        before = out[:, -2] if frame_skip > 1 else start
+        qvel = slice(1 + self.nq, 1 + self.nq + self.nv)
+        warm = (new[:, qvel] - before[:, qvel]) / self.task.model.opt.timestep
+        return new, warm
+
+
+class Actor(abc.ABC):
+    """Chooses the actions of a batch of episodes from their observations."""
+
+    @abc.abstractmethod
+    def rows(self, rows: slice) -> "Actor":
+        """The actor of episodes ``rows`` alone."""
+
+    @abc.abstractmethod
+    def __call__(
+        self, obs: Float[np.ndarray, "n obs"], live: Int[np.ndarray, " k"], step: int
+    ) -> Float[np.ndarray, "k act"]:
+        """The actions of episodes ``live`` (sorted, shrinking over time) at ``step``; ``obs``
+        holds every episode's current observation."""
+
+
+class OpenLoopActor(Actor):
+    """Actions fixed in advance, ``actions[episode, step]`` (for tests against other simulators)."""
+
+    def __init__(self, actions: Float[np.ndarray, "n steps act"]):
+        self.actions = np.asarray(actions)
+
+    def rows(self, rows: slice) -> "OpenLoopActor":
+        return OpenLoopActor(self.actions[rows])
+
+    def __call__(self, obs, live, step):
+        return self.actions[live, step]
+
+
+class MLPActor(Actor):
+    """``n`` deterministic `eqx.nn.MLP` policies, one per episode, evaluated together in NumPy.
+
+    Their outputs are clipped to [-1, 1] (NaN to 0) unless ``discrete``, where the action is the
+    argmax of the logits. Once the live episodes have halved, the finished ones' parameters are
+    dropped (re-gathering costs a copy, so doing it only then bounds the wasted evaluations to a
+    factor of two).
+    """
+
+    def __init__(self, layers, activation, final_activation, *, discrete: bool = False):
+        self.layers, self.activation, self.final_activation = layers, activation, final_activation
+        self.discrete = discrete
+        self.evaluated = np.arange(layers[0][0].shape[0])
+
+    def rows(self, rows: slice) -> "MLPActor":
+        layers = [(w[rows], None if b is None else b[rows]) for w, b in self.layers]
+        return MLPActor(layers, self.activation, self.final_activation, discrete=self.discrete)
+
+    def __call__(self, obs, live, step):
+        if 2 * live.size <= self.evaluated.size:
+            keep = np.searchsorted(self.evaluated, live)
+            self.layers = [(w[keep], None if b is None else b[keep]) for w, b in self.layers]
+            self.evaluated = live
+        x = np.asarray(obs[self.evaluated], np.float32)
+        out = mlp_forward(self.layers, self.activation, self.final_activation, x)
+        if self.evaluated.size != live.size:
+            out = out[np.searchsorted(self.evaluated, live)]
+        if self.discrete:
+            return np.argmax(out, axis=1)
+        out = np.clip(out, -1.0, 1.0, out=out)
+        out[np.isnan(out)] = 0.0
+        return out
+
+
+class EpisodeBatch:
+    """Episodes ``rows`` of one `PhysicsPool.play` call, advanced in lock-step: `act` gives the
+    physics inputs of the live episodes, `observe` takes its outputs.
+
+    Writes the shared ``lengths``, ``returns`` and ``trajectory`` at ``rows`` only, so batches over
+    disjoint rows can alternate. Finished episodes are dropped from the batch.
+    """
+
+    def __init__(
+        self,
+        pool: PhysicsPool,
+        rows: slice,
+        actor: Actor,
+        start,
+        reset_obs,
+        episode_limit,
+        lengths,
+        returns,
+        trajectory,
+    ):
+        num = rows.stop - rows.start
+        self.pool, self.task, self.rows, self.actor = pool, pool.task, rows, actor
+        self.trajectory = trajectory
+        self.episode_limit = episode_limit[rows]
+        self.lengths, self.returns = lengths[rows], returns[rows]  # views into the shared arrays
+        self.state = np.array(start[rows])
+        self.warmstart = np.zeros((num, pool.nv))  # a freshly reset MjData's
+        self.obs = np.array(reset_obs[rows])
+        self.finished = np.zeros(num, bool)
+        self.live = np.arange(num)
+        self.step = 0
+        self.limit = int(self.episode_limit.max())
+        self.finished_all = False
+
+    def act(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The live episodes' physics state, solver warmstart and controls for this step."""
+        live = self.live
+        self.actions = self.actor(self.obs, live, self.step)
+        self.start, self.start_warm = self.state[live], self.warmstart[live]
+        return self.start, self.start_warm, self.task.controls(self.actions)
+
+    def observe(self, physics: tuple[np.ndarray, np.ndarray]) -> None:
+        """Take the physics' output for the step `act` prepared; update returns and the batch."""
+        new, warm = physics
+        live, step = self.live, self.step
+        finite = np.isfinite(new).all(axis=1) & np.isfinite(warm).all(axis=1)
+        obs, reward, terminated = self.task.transition(self.start, new, self.actions)
+        if not finite.all():
+            # Keep the last finite physics; that step earns nothing and ends the episode.
+            new = np.where(finite[:, None], new, self.start)
+            warm = np.where(finite[:, None], warm, self.start_warm)
+            obs = np.where(finite[:, None], obs, self.obs[live])
+            reward = np.where(finite, reward, 0.0)
+        done = terminated | ~finite | (step + 1 >= self.episode_limit[live])
+        self.state[live], self.warmstart[live], self.obs[live] = new, warm, obs
+        self.lengths[live] += 1
+        self.returns[live] += reward
+        self.finished[live] |= done
+        if self.trajectory is not None:
+            self._record(step, live, reward, terminated, done, new[:, 1 : 1 + self.pool.nq])
+        self.step = step + 1
+        self.live = live[~done]
+        if self.live.size == 0 or self.step >= self.limit:
+            self.finished_all = True
+            if self.trajectory is not None:
+                self._record_tail()
+
+    def _record(self, step, live, reward, terminated, done, qpos) -> None:
+        trajectory, rows = self.trajectory, self.rows
+        trajectory.rewards[rows][live, step] = reward
+        trajectory.terminated[rows][live, step] = terminated
+        trajectory.done[rows][live, step] = done
+        observations, positions = trajectory.observations[rows], trajectory.qpos[rows]
+        observations[:, step + 1] = observations[:, step]
+        observations[live, step + 1] = self.obs[live]
+        positions[:, step + 1] = positions[:, step]
+        positions[live, step + 1] = qpos
+
+    def _record_tail(self) -> None:
+        """Steps never taken (every episode ended early) repeat the final observations."""
+        step = self.step
+        for array in (self.trajectory.observations[self.rows], self.trajectory.qpos[self.rows]):
+            array[:, step + 1 :] = array[:, step : step + 1]
+
+
+def mlp_forward(
+    layers: list[tuple[np.ndarray, np.ndarray | None]],
+    activation: Callable,
+    final_activation: Callable,
+    x: Float[np.ndarray, "k in"],
+) -> Float[np.ndarray, "k out"]:
+    """``eqx.nn.MLP.__call__`` for ``k`` policies at once, one observation each."""
+    for index, (weight, bias) in enumerate(layers):
+        x = np.matmul(weight, x[:, :, None])[:, :, 0]
+        if bias is not None:
+            x += bias  # in place: the matmul's output is a fresh array
+        x = (final_activation if index == len(layers) - 1 else activation)(x)
+    return x
+
+
+def numpy_activation(fn: Callable) -> Callable:
+    """The NumPy function of a JAX activation (tanh and relu directly, others through JAX)."""
+    if fn is jnp.tanh:
+        return np.tanh
+    if fn is jax.nn.relu:
+        return lambda x: np.maximum(x, 0.0)
+    # A copy: NumPy's view of a JAX array is read-only, and the actions are clipped in place.
+    return lambda x: np.array(fn(x), np.float32)
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity (which schedulers and ``taskset`` set),
+    else the machine's count where the platform has no affinity."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def unpack_mlp(
+    params: PyTree, policy_static: PyTree, in_size: int, out_size: int, *, discrete: bool = False
+) -> tuple[MLPActor, int]:
+    """The `MLPActor` of ``n`` stacked MLPs (leading axis ``n`` on every array of ``params``) that
+    map ``in_size`` observations to ``out_size`` outputs, and ``n``; ValueError naming the leaf
+    otherwise."""
+    layers, activation, final_activation, num = mlp_layers(params, policy_static, in_size, out_size)
+    return MLPActor(layers, activation, final_activation, discrete=discrete), num
+
+
+def mlp_layers(
+    params: PyTree, policy_static: PyTree, in_size: int, out_size: int
+) -> tuple[list[tuple[np.ndarray, np.ndarray | None]], Callable, Callable, int]:
+    """The layers of ``n`` stacked MLPs as NumPy float32 ``(weight, bias)`` pairs, their NumPy
+    activations and ``n``, checked against ``in_size`` inputs and ``out_size`` outputs;
+    ValueError naming the leaf otherwise."""
+    try:
+        policy = eqx.combine(params, policy_static)
+    except Exception as error:  # jax.tree.map's message spans lines; one line is enough here
+        raise ValueError(
+            "params do not match policy_static's tree structure "
+            f"({type(error).__name__}: {str(error).splitlines()[0]})"
+        ) from None
+    if not isinstance(policy, eqx.nn.MLP):
+        raise ValueError(f"expected an equinox.nn.MLP policy, got {type(policy).__name__}")
+    num, first = None, None
+    for index, layer in enumerate(policy.layers):
+        for name, ndim in (("weight", 3), ("bias", 2)):
+            leaf, where = getattr(layer, name), f"params.layers[{index}].{name}"
+            if leaf is None:
+                continue
+            shape = np.shape(leaf)
+            if len(shape) != ndim:
+                raise ValueError(
+                    f"{where} has shape {shape}; expected {ndim} axes, the first one num_envs "
+                    "(params of one unbatched policy?)"
+                )
+            if num is None:
+                num, first = shape[0], where
+            elif shape[0] != num:
+                raise ValueError(
+                    f"{where} has leading (num_envs) axis {shape[0]}, but {first} has {num}"
+                )
+    if not num:
+        raise ValueError("params hold no policies")
+    layers = []
+    size = in_size
+    for index, layer in enumerate(policy.layers):
+        weight = np.asarray(layer.weight, np.float32)
+        if weight.shape[2] != size:
+            raise ValueError(
+                f"params.layers[{index}].weight has shape {weight.shape}; expected "
+                f"({num}, out, {size})"
+            )
+        bias = None if layer.bias is None else np.asarray(layer.bias, np.float32)
+        if bias is not None and bias.shape != weight.shape[:2]:
+            raise ValueError(
+                f"params.layers[{index}].bias has shape {bias.shape}; expected {weight.shape[:2]}"
+            )
+        layers.append((weight, bias))
+        size = weight.shape[1]
+    if size != out_size:
+        raise ValueError(
+            f"params.layers[{len(layers) - 1}].weight has shape {layers[-1][0].shape}; the policy "
+            f"must output {out_size} actions"
+        )
+    activation = numpy_activation(policy.activation)
+    final_activation = numpy_activation(policy.final_activation)
+    return layers, activation, final_activation, int(num)
