@@ -88,7 +88,7 @@ def test_native_rollouts_inside_the_trainer_equal_the_host_rollout():
 
     trainer = nfn_rl.make_trainer(nfn_rl.ant_config("smoke"))
     state = trainer.init(jax.random.key(0))
-    collect = eqx.filter_jit(lambda t, s, k: t.collect(s, key=k))
+    collect = eqx.filter_jit(lambda t, s, k: t.collect(s.policy, key=k))
     candidates, lengths, returns = collect(trainer, state, jax.random.key(1))
     with trainer.env.rollout() as rollout:
         host_lengths, host_returns = rollout.episode_lengths_and_returns(

@@ -98,7 +98,9 @@ def plot_returns(rows: list[dict], path: Path) -> None:
     # notebook that trains keeps its inline plots.
     from matplotlib.figure import Figure
 
-    quality = [name for name in CRITIC_QUALITY_COLUMNS if any(_finite(r[name]) for r in rows)]
+    quality = [
+        name for name in CRITIC_QUALITY_COLUMNS if any(_finite(r.get(name, math.nan)) for r in rows)
+    ]
     fig = Figure(figsize=(15 if quality else 10, 4))
     axes = fig.subplots(1, 3 if quality else 2)
     for ax, x_name, label in zip(
