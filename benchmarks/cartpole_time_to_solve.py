@@ -62,15 +62,15 @@ def time_pieces(config: nfn_rl.EPVFConfig, repeats: int) -> dict[str, float]:
     key = jax.random.key(0)
     state = eqx.filter_jit(lambda t, k: t.init(k))(trainer, key)
     # A buffer filled with rollouts of the initial policy, as after a few iterations.
-    candidates, _, returns = eqx.filter_jit(lambda t, s, k: t.collect(s, key=k))(
-        trainer, state, key
+    population = eqx.filter_jit(lambda t, s, k: t.collect(s.policy, key=k))(trainer, state, key)
+    state = dataclasses.replace(
+        state, buffer=state.buffer.insert((population.params, population.returns))
     )
-    state = dataclasses.replace(state, buffer=state.buffer.insert((candidates, returns)))
     state = trainer.place(state)
     # Each piece returns only what it changes: returning the whole state would time a copy of
     # the replay buffer that the fused training loop never makes.
     pieces = {
-        "rollouts": lambda t, s, k: t.collect(s, key=k)[2],
+        "rollouts": lambda t, s, k: t.collect(s.policy, key=k).returns,
         "critic updates": lambda t, s, k: t.critic_update(s, key=k)[0].critic,
         "policy updates": lambda t, s, k: t.policy_update(s).policy,
         "evaluation (every eval_interval)": lambda t, s, k: t.evaluate(s, key=k),

@@ -80,7 +80,7 @@ def _env_only(trainer: nfn_rl.EPVFTrainer, state: nfn_rl.EPVFState, key: jax.Arr
     """The same perturbations and rollouts, `log_interval` times; the sum of all returns."""
 
     def iteration(total, index):
-        _, _, returns = trainer.collect(state, key=jax.random.fold_in(key, index))
+        returns = trainer.collect(state.policy, key=jax.random.fold_in(key, index)).returns
         return total + jnp.sum(returns), None
 
     total, _ = jax.lax.scan(iteration, jnp.zeros(()), jnp.arange(trainer.config.log_interval))

@@ -89,7 +89,8 @@ def test_native_rollouts_inside_the_trainer_equal_the_host_rollout():
     trainer = nfn_rl.make_trainer(nfn_rl.ant_config("smoke"))
     state = trainer.init(jax.random.key(0))
     collect = eqx.filter_jit(lambda t, s, k: t.collect(s.policy, key=k))
-    candidates, lengths, returns = collect(trainer, state, jax.random.key(1))
+    population = collect(trainer, state, jax.random.key(1))
+    candidates, lengths, returns = population.params, population.lengths, population.returns
     with trainer.env.rollout() as rollout:
         host_lengths, host_returns = rollout.episode_lengths_and_returns(
             candidates, trainer.policy_static

@@ -225,9 +225,10 @@ def test_es_steps_along_the_rank_weighted_perturbations(tmp_path):
     state = eqx.filter_jit(trainer.init)(jax.random.key(0))
     key = jax.random.fold_in(jax.random.wrap_key_data(state.key), 0)
     new, metrics = eqx.filter_jit(trainer.update)(state, jax.random.split(key)[0])
-    candidates, _, returns = eqx.filter_jit(lambda t, s, k: t.collect(s.policy, key=k))(
+    population = eqx.filter_jit(lambda t, s, k: t.collect(s.policy, key=k))(
         trainer, state, jax.random.split(key)[0]
     )
+    candidates, returns = population.params, population.returns
     flat_centre, _ = ravel_pytree(jax.tree.map(lambda x: x[0], state.policy))
     deltas = jax.vmap(lambda p: ravel_pytree(p)[0])(candidates) - flat_centre
     valid = jnp.ones(returns.shape, bool)

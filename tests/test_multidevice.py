@@ -69,7 +69,7 @@ def trained_run_facts(nfn_rl, config, trainer, state, run_dir: pathlib.Path) -> 
     import jax
 
     rows = nfn_rl.read_metrics(run_dir / "metrics.csv")
-    _, _, returns = eqx.filter_jit(lambda t, s, k: t.collect(s.policy, key=k))(
+    returns = eqx.filter_jit(lambda t, s, k: t.collect(s.policy, key=k).returns)(
         trainer, state, jax.random.key(0)
     )
     try:
@@ -98,9 +98,10 @@ def _native_collect(nfn_rl) -> dict:
 
     trainer = nfn_rl.make_trainer(nfn_rl.EPVFConfig(**NATIVE_CONFIG))
     state = trainer.place(eqx.filter_jit(trainer.init)(jax.random.key(SEED)))
-    _, lengths, returns = eqx.filter_jit(lambda t, s, k: t.collect(s.policy, key=k))(
+    population = eqx.filter_jit(lambda t, s, k: t.collect(s.policy, key=k))(
         trainer, state, jax.random.key(0)
     )
+    lengths, returns = population.lengths, population.returns
     return {
         "devices": jax.device_count(),
         "lengths": np.asarray(lengths).tolist(),

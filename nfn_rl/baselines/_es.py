@@ -25,6 +25,7 @@ from jaxtyping import Array, Int, PRNGKeyArray, PyTree, UInt32
 from nfn_rl.envs import Environment
 from nfn_rl.population import (
     SHAPINGS,
+    ObservationNormalizer,
     PerturbationConfig,
     PopulationTrainer,
     device_mesh,
@@ -65,12 +66,14 @@ class ESConfig(PerturbationConfig):
 
 
 class ESState(TrainState):
-    """`policy` holds the policy arrays with a leading axis of one (as EPVF's state)."""
+    """`policy` holds the policy arrays with a leading axis of one (as EPVF's state);
+    `observations` the observation normaliser (None without `observation_normalization`)."""
 
     iteration: Int[Array, ""]
     key: UInt32[Array, "..."]
     policy: PyTree[Array]
     policy_opt_state: PyTree
+    observations: ObservationNormalizer | None
 
 
 class ESTrainer(PopulationTrainer):
@@ -93,12 +96,14 @@ class ESTrainer(PopulationTrainer):
             key=jax.random.key_data(run_key),
             policy=policies,
             policy_opt_state=policy_optimizer(self.config).init(policies),
+            observations=self.initial_observations(),
         )
 
     def update(self, state: ESState, key: PRNGKeyArray) -> tuple[ESState, dict[str, Array]]:
         config = self.config
         skipped_before = skipped_steps(state.policy_opt_state)
-        candidates, lengths, returns = self.collect(state.policy, key=key)
+        population = self.collect(state.policy, key=key, observations=state.observations)
+        candidates, lengths, returns = population.params, population.lengths, population.returns
         finite = jnp.isfinite(returns)
         flat_centre, unravel = ravel_pytree(jax.tree.map(lambda x: x[0], state.policy))
         deltas = jax.vmap(lambda p: ravel_pytree(p)[0])(candidates) - flat_centre
@@ -110,7 +115,9 @@ class ESTrainer(PopulationTrainer):
         opt_state = with_policy_lr(config, state.policy_opt_state, state.iteration)
         updates, opt_state = optimizer.update(grads, opt_state, state.policy)
         policy = self.clip_weights(optax.apply_updates(state.policy, updates))
-        state = dataclasses.replace(state, policy=policy, policy_opt_state=opt_state)
+        state = dataclasses.replace(
+            state, policy=policy, policy_opt_state=opt_state, observations=population.observations
+        )
         metrics = return_statistics(returns, jnp.ones_like(finite)) | {
             "episode_steps": jnp.sum(lengths),
             "critic_loss": jnp.asarray(jnp.nan, jnp.float32),

@@ -18,8 +18,10 @@ from nfn_rl.envs._render import RenderingUnavailable as RenderingUnavailable
 from nfn_rl.envs._render import record_episode as record_episode
 from nfn_rl.envs._render import save_episode_animation as save_episode_animation
 from nfn_rl.envs._render import save_episode_plot as save_episode_plot
+from nfn_rl.envs._rollout import EpisodeSummary as EpisodeSummary
 from nfn_rl.envs._rollout import episode_length_and_return as episode_length_and_return
 from nfn_rl.envs._rollout import episode_return as episode_return
+from nfn_rl.envs._rollout import episode_summary as episode_summary
 from nfn_rl.envs._rollout import observation_statistics as observation_statistics
 from nfn_rl.envs._rollout import policy_action as policy_action
 from nfn_rl.envs._tasks import ANT_TASKS as ANT_TASKS

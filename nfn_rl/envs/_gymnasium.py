@@ -15,9 +15,10 @@ import gymnasium
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree, UInt32
+from jaxtyping import Array, PRNGKeyArray, PyTree, UInt32
 
 from nfn_rl.envs._batched import unpack_mlp
+from nfn_rl.envs._callback import episode_shapes, flatten_batch, host_results
 from nfn_rl.envs._gym_tasks import NATIVE_GYMNASIUM_TASKS, NativeGymnasiumRollout
 from nfn_rl.envs._protocol import Environment, EnvState
 
@@ -79,11 +80,20 @@ class GymnasiumVectorRollout:
         return self._vector_envs[num]
 
     def episode_lengths_and_returns(
-        self, params: PyTree, policy_static: PyTree, seeds: Sequence[int], horizon: int
-    ) -> tuple[Int[np.ndarray, " n"], Float[np.ndarray, " n"]]:
-        """One episode per policy from ``reset(seed=...)``; lengths and float64 returns."""
+        self,
+        params: PyTree,
+        policy_static: PyTree,
+        seeds: Sequence[int],
+        horizon: int,
+        *,
+        moments: bool = False,
+    ) -> tuple[np.ndarray, ...]:
+        """One episode per policy from ``reset(seed=...)``; lengths and float64 returns, and with
+        ``moments`` the float64 sums of the observations the policy acted on and of their
+        squares over the counted steps (each of shape ``(n, observation_size)``)."""
         with self._lock:
-            return self._episodes(params, policy_static, seeds, horizon)
+            results = self._episodes(params, policy_static, seeds, horizon)
+        return results if moments else results[:2]
 
     def _episodes(self, params, policy_static, seeds, horizon):
         space = self.action_space
@@ -94,6 +104,7 @@ class GymnasiumVectorRollout:
         env = self._vector_env(num)
         obs, _ = env.reset(seed=list(seeds))
         lengths, returns = np.zeros(num, np.int32), np.zeros(num)
+        obs_sum, obs_sq_sum = np.zeros((num, in_size)), np.zeros((num, in_size))
         if discrete:
             actions = np.full(num, space.start, space.dtype)
         else:
@@ -102,7 +113,10 @@ class GymnasiumVectorRollout:
             actions = np.tile(centre.astype(space.dtype), (num, 1))
         live = np.arange(num)
         for step in range(horizon):
-            chosen = actor(obs.reshape(num, -1), live, step)
+            obs = obs.reshape(num, -1)
+            obs_sum[live] += obs[live]
+            obs_sq_sum[live] += np.square(obs[live], dtype=np.float64)
+            chosen = actor(obs, live, step)
             if discrete:
                 actions[live] = space.start + chosen
             else:
@@ -115,7 +129,7 @@ class GymnasiumVectorRollout:
             live = live[~(terminated | truncated)[live]]
             if live.size == 0:
                 break
-        return lengths, returns
+        return lengths, returns, obs_sum, obs_sq_sum
 
 
 class GymnasiumEnv(Environment):
@@ -211,10 +225,11 @@ class GymnasiumEnv(Environment):
         )
 
     def episode(
-        self, policy: eqx.nn.MLP, key: PRNGKeyArray
-    ) -> tuple[Int[Array, ""], Float[Array, ""]]:
+        self, policy: eqx.nn.MLP, key: PRNGKeyArray, *, observation_sums: bool = False
+    ) -> tuple[Array, ...]:
         """The episode length and return of ``policy`` from the reset of ``key`` (batched under
-        `vmap` into one host call)."""
+        `vmap` into one host call); with ``observation_sums``, also the sums of its observations
+        and of their squares over the counted steps (`nfn_rl.envs.EpisodeSummary`)."""
         params, static = eqx.partition(policy, eqx.is_array)
         if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
             key = jax.random.key_data(key)
@@ -224,23 +239,15 @@ class GymnasiumEnv(Environment):
         one_at_a_time = threading.Lock()
 
         def on_host(params, key_data):
-            key_data = np.asarray(key_data)
-            batch_shape = key_data.shape[:-1]
-            flat = jax.tree.map(
-                lambda x, ndim: np.asarray(x).reshape(-1, *x.shape[x.ndim - ndim :]),
-                params,
-                jax.tree.unflatten(jax.tree.structure(params), ndims),
-            )
+            flat, batch_shape = flatten_batch(params, ndims)
+            seeds = seeds_of(np.asarray(key_data).reshape(-1, 2))
             with one_at_a_time, self.rollout() as host:
-                lengths, returns = host.episode_lengths_and_returns(
-                    flat, static, seeds_of(key_data), self.horizon
+                results = host.episode_lengths_and_returns(
+                    flat, static, seeds, self.horizon, moments=observation_sums
                 )
-            return (
-                lengths.astype(np.int32).reshape(batch_shape),
-                returns.astype(np.float32).reshape(batch_shape),
-            )
+            return host_results(results, batch_shape)
 
-        shapes = (jax.ShapeDtypeStruct((), jnp.int32), jax.ShapeDtypeStruct((), jnp.float32))
+        shapes = episode_shapes(self.observation_size, observation_sums)
         return jax.pure_callback(on_host, shapes, params, key, vmap_method="broadcast_all")
 
 

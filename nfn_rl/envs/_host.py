@@ -6,9 +6,10 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, Bool, Float
 
 from nfn_rl.envs._ant import Ant
+from nfn_rl.envs._callback import episode_shapes, flatten_batch, host_results
 from nfn_rl.envs._native import NativeAntRollout
 
 
@@ -44,9 +45,10 @@ class NativeAnt(Ant):
         """A new `NativeAntRollout` of this env (close it, or use it as a context manager)."""
         return NativeAntRollout(self, self.num_threads)
 
-    def episode(self, policy: eqx.nn.MLP) -> tuple[Int[Array, ""], Float[Array, ""]]:
+    def episode(self, policy: eqx.nn.MLP, *, observation_sums: bool = False) -> tuple[Array, ...]:
         """The episode length and return of `policy` from the home reset (batched under
-        `vmap` into one host call)."""
+        `vmap` into one host call); with ``observation_sums``, also the sums of its observations
+        and of their squares over the counted steps (`nfn_rl.envs.EpisodeSummary`)."""
         params, static = eqx.partition(policy, eqx.is_array)
         ndims = [leaf.ndim for leaf in jax.tree.leaves(params)]
         # One per traced program: its host calls (one per device under `shard_map`, from
@@ -54,21 +56,21 @@ class NativeAnt(Ant):
         one_at_a_time = threading.Lock()
 
         def host(params):
-            leaves = jax.tree.leaves(params)
-            batch_shape = leaves[0].shape[: leaves[0].ndim - ndims[0]]
-            flat = jax.tree.map(
-                lambda x, ndim: np.asarray(x).reshape(-1, *x.shape[x.ndim - ndim :]),
-                params,
-                jax.tree.unflatten(jax.tree.structure(params), ndims),
-            )
+            flat, batch_shape = flatten_batch(params, ndims)
             with one_at_a_time, self.rollout() as rollout:
-                lengths, returns = rollout.episode_lengths_and_returns(flat, static)
-            return (
-                lengths.astype(np.int32).reshape(batch_shape),
-                returns.astype(np.float32).reshape(batch_shape),
-            )
+                if observation_sums:  # summed from the recorded observations acted on
+                    lengths, returns, trajectory = rollout.episode_lengths_and_returns(
+                        flat, static, record=True
+                    )
+                    obs = trajectory.observations[:, :-1].astype(np.float64)
+                    steps = np.arange(obs.shape[1])[None, :, None] < lengths[:, None, None]
+                    obs = np.where(steps, obs, 0.0)
+                    results = (lengths, returns, obs.sum(1), (obs**2).sum(1))
+                else:
+                    results = rollout.episode_lengths_and_returns(flat, static)
+            return host_results(results, batch_shape)
 
-        shapes = (jax.ShapeDtypeStruct((), jnp.int32), jax.ShapeDtypeStruct((), jnp.float32))
+        shapes = episode_shapes(self.observation_size, observation_sums)
         return jax.pure_callback(host, shapes, params, vmap_method="expand_dims")
 
     def open_loop_observations(

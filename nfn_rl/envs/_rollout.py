@@ -19,33 +19,65 @@ def policy_action(env: Environment, policy: Callable, obs: Float[Array, " obs"])
     return jnp.argmax(out) if env.discrete else out
 
 
+class EpisodeSummary(eqx.Module):
+    """One episode's length and undiscounted return, and the sums of the observations the
+    policy acted on over the steps counted in its length (the reset observation included, the
+    one after the last step not): ``observation_sum / length`` is the episode's mean
+    observation. What observation normalisation (`nfn_rl.population.ObservationNormalizer`)
+    learns from. Under `vmap`, every field gains the batch axes."""
+
+    length: Int[Array, "*batch"]
+    total: Float[Array, "*batch"]
+    observation_sum: Float[Array, "*batch obs"]
+    observation_square_sum: Float[Array, "*batch obs"]
+
+
+def episode_summary(env: Environment, policy: Callable, key: PRNGKeyArray) -> EpisodeSummary:
+    """The `EpisodeSummary` of one episode of the deterministic `policy` in `env`.
+
+    Runs a fixed `env.horizon` steps so that it vmaps over policies; transitions out of a done
+    state count neither reward, steps nor observations. Non-finite rewards before the end
+    propagate into the return so that callers can detect them. A `NativeAnt` plays MLP
+    policies' episodes on MuJoCo's C engine instead (its reset is deterministic: `key` is
+    unused), and a `GymnasiumEnv` on the host from the reset of `key`.
+    """
+    if isinstance(env, NativeAnt) and isinstance(policy, eqx.nn.MLP):
+        return EpisodeSummary(*env.episode(policy, observation_sums=True))
+    if isinstance(env, GymnasiumEnv):
+        return EpisodeSummary(*env.episode(policy, key, observation_sums=True))
+
+    def step(summary: EpisodeSummary, state: EnvState, _):
+        nxt = env.step(state, policy_action(env, policy, state.obs))
+        live = ~state.done
+        # `where`, not multiplication: rewards after the end may be NaN and must not leak in.
+        observation = jnp.where(live, state.obs, 0.0)
+        summary = EpisodeSummary(
+            length=summary.length + live,
+            total=summary.total + jnp.where(live, nxt.reward, 0.0),
+            observation_sum=summary.observation_sum + observation,
+            observation_square_sum=summary.observation_square_sum + observation**2,
+        )
+        return (summary, nxt), None
+
+    zeros = jnp.zeros(env.observation_size)
+    init = EpisodeSummary(jnp.zeros((), jnp.int32), jnp.zeros(()), zeros, zeros)
+    (summary, _), _ = jax.lax.scan(
+        lambda carry, x: step(*carry, x), (init, env.reset(key)), None, length=env.horizon
+    )
+    return summary
+
+
 def episode_length_and_return(
     env: Environment, policy: Callable, key: PRNGKeyArray
 ) -> tuple[Int[Array, ""], Float[Array, ""]]:
-    """The number of steps until the episode ends and its undiscounted return.
-
-    Runs a fixed `env.horizon` steps so that it vmaps over policies; transitions out of a done
-    state count neither reward nor steps. Non-finite rewards before the end propagate into the
-    return so that callers can detect them. A `NativeAnt` plays MLP policies' episodes on
-    MuJoCo's C engine instead (its reset is deterministic: `key` is unused), and a
-    `GymnasiumEnv` on the host from the reset of `key`.
-    """
+    """The number of steps until the episode ends and its undiscounted return: the first two
+    fields of `episode_summary` (the host envs then skip the observation sums)."""
     if isinstance(env, NativeAnt) and isinstance(policy, eqx.nn.MLP):
         return env.episode(policy)
     if isinstance(env, GymnasiumEnv):
         return env.episode(policy, key)
-
-    def step(carry: tuple[EnvState, Array, Array], _):
-        state, length, total = carry
-        nxt = env.step(state, policy_action(env, policy, state.obs))
-        live = ~state.done
-        # `where`, not multiplication: rewards after the end may be NaN and must not leak in.
-        total = total + jnp.where(live, nxt.reward, 0.0)
-        return (nxt, length + live, total), None
-
-    init = (env.reset(key), jnp.zeros((), jnp.int32), jnp.zeros(()))
-    (_, length, total), _ = jax.lax.scan(step, init, None, length=env.horizon)
-    return length, total
+    summary = episode_summary(env, policy, key)
+    return summary.length, summary.total
 
 
 def episode_return(env: Environment, policy: Callable, key: PRNGKeyArray) -> Float[Array, ""]:

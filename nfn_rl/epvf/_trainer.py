@@ -15,6 +15,7 @@ from nfn_rl.epvf._config import EPVFConfig
 from nfn_rl.epvf._critics import critic_options, make_critic, ridge_head
 from nfn_rl.epvf._quality import cosine, r_squared, spearman
 from nfn_rl.population import (
+    ObservationNormalizer,
     PopulationTrainer,
     centered_ranks,
     device_mesh,
@@ -51,7 +52,8 @@ class EPVFState(TrainState):
     """Everything that changes during EPVF training.
 
     `policy` holds the policy arrays with a leading axis over the trained policies (1, or
-    `num_envs` with `multiple_policies`). `buffer` holds `(policy arrays, return)` pairs.
+    `num_envs` with `multiple_policies`). `buffer` holds `(policy arrays, return)` pairs;
+    `observations` the observation normaliser (None without `observation_normalization`).
     """
 
     iteration: Int[Array, ""]
@@ -61,6 +63,7 @@ class EPVFState(TrainState):
     critic: PyTree[Array]
     critic_opt_state: PyTree
     buffer: FIFOBuffer
+    observations: ObservationNormalizer | None
 
 
 def _critic_optimizer(config: EPVFConfig) -> optax.GradientTransformation:
@@ -103,6 +106,7 @@ class EPVFTrainer(PopulationTrainer):
             buffer=make_buffer(
                 (jax.tree.map(lambda x: x[0], policies), jnp.zeros(())), self.buffer_capacity
             ),
+            observations=self.initial_observations(),
         )
 
     def _critic(self, critic: PyTree[Array]):
@@ -230,14 +234,18 @@ class EPVFTrainer(PopulationTrainer):
         skipped_before = skipped_steps(state.critic_opt_state) + skipped_steps(
             state.policy_opt_state
         )
-        candidates, lengths, returns = self.collect(
-            state.policy, key=rollout_key, multiple_policies=config.multiple_policies
+        population = self.collect(
+            state.policy,
+            key=rollout_key,
+            observations=state.observations,
+            multiple_policies=config.multiple_policies,
         )
+        candidates, lengths, returns = population.params, population.lengths, population.returns
         # Non-finite returns would poison every later critic fit: they never enter the buffer.
         finite = jnp.isfinite(returns)
         quality = self.critic_quality(state.critic, candidates, returns, finite)
         buffer = state.buffer.insert((candidates, returns), finite)
-        state = dataclasses.replace(state, buffer=buffer)
+        state = dataclasses.replace(state, buffer=buffer, observations=population.observations)
         state, critic_loss = self.critic_update(state, key=critic_key)
         if config.multiple_policies:
             # Each policy has one perturbation: there is no ES estimate to compare with.
@@ -326,12 +334,15 @@ def _make_critic(
 def _critic_options(config: EPVFConfig, env: Environment, *, key: PRNGKeyArray | None) -> dict:
     """The config's values of the options critic `config.critic` accepts. Observation
     statistics are measured with `key`, or are placeholders without one (enough to find the
-    critic's structure)."""
+    critic's structure). With `observation_normalization` the policies act on normalised
+    observations, whose statistics are mean 0 and std 1 by construction."""
     accepted = critic_options(config.critic)
     options = {name: getattr(config, name) for name in CRITIC_OPTION_FIELDS if name in accepted}
     if "observation_stats" in accepted:
-        if key is None:
-            zeros = jnp.zeros(env.observation_size)
+        zeros = jnp.zeros(env.observation_size)
+        if config.observation_normalization:
+            options["observation_stats"] = (zeros, jnp.ones(env.observation_size))
+        elif key is None:
             options["observation_stats"] = (zeros, zeros)
         else:
             options["observation_stats"] = observation_statistics(env, key=key)

@@ -12,6 +12,9 @@ from nfn_rl.population._fitness import es_gradient as es_gradient
 from nfn_rl.population._fitness import ranks as ranks
 from nfn_rl.population._fitness import shape_returns as shape_returns
 from nfn_rl.population._fitness import standardize as standardize
+from nfn_rl.population._normalize import MIN_STD as MIN_STD
+from nfn_rl.population._normalize import ObservationNormalizer as ObservationNormalizer
+from nfn_rl.population._normalize import fold_observations as fold_observations
 from nfn_rl.population._perturb import NOISES as NOISES
 from nfn_rl.population._perturb import perturb as perturb
 from nfn_rl.population._perturb import perturb_population as perturb_population
@@ -20,6 +23,7 @@ from nfn_rl.population._presets import ANT_POPULATIONS as ANT_POPULATIONS
 from nfn_rl.population._presets import POPULATION_RECIPE as POPULATION_RECIPE
 from nfn_rl.population._presets import population_fields as population_fields
 from nfn_rl.population._trainer import ENVS_AXIS as ENVS_AXIS
+from nfn_rl.population._trainer import Population as Population
 from nfn_rl.population._trainer import PopulationTrainer as PopulationTrainer
 from nfn_rl.population._trainer import device_mesh as device_mesh
 from nfn_rl.population._trainer import policy_lr_at as policy_lr_at

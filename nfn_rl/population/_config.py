@@ -41,6 +41,9 @@ class PerturbationConfig(TrainConfig):
         weight_decay: decoupled (AdamW) weight decay of the policy optimiser.
         policy_width: width of the policy MLP's hidden layers (tanh).
         policy_depth: number of hidden layers of the policy MLP.
+        observation_normalization: policies act on ``(obs - mean) / std`` with the running
+            moments of every observation the rollouts have seen, updated after each iteration
+            (`nfn_rl.population.ObservationNormalizer`; ARS and PSSVF use it). Off in the paper.
         backend: how the Ant's episodes are simulated: "mjx" (jitted MJX, for accelerators),
             "native" (MuJoCo's C engine on the host's threads, `nfn_rl.envs.NativeAnt`), or
             "auto": native when JAX runs on one CPU device (per process), MJX otherwise. Other
@@ -62,6 +65,7 @@ class PerturbationConfig(TrainConfig):
     weight_decay: float = 0.0
     policy_width: int = 64
     policy_depth: int = 2
+    observation_normalization: bool = False
     backend: str = "auto"
 
     def __post_init__(self):
@@ -80,5 +84,6 @@ class PerturbationConfig(TrainConfig):
             if getattr(self, name) is not None:
                 check_float(owner, name, getattr(self, name), positive=True)
         check_bool(owner, "antithetic", self.antithetic)
+        check_bool(owner, "observation_normalization", self.observation_normalization)
         if self.antithetic and self.num_envs % 2:
             fail(owner, "num_envs", f"must be even with antithetic pairs, got {self.num_envs}")

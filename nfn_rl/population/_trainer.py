@@ -14,12 +14,15 @@ from jaxtyping import Array, Float, Int, Key, PRNGKeyArray, PyTree
 from nfn_rl.envs import (
     Ant,
     Environment,
+    EpisodeSummary,
     GymnasiumEnv,
     NativeAnt,
     episode_length_and_return,
+    episode_summary,
     make_env,
 )
 from nfn_rl.population._config import PerturbationConfig
+from nfn_rl.population._normalize import ObservationNormalizer, fold_observations
 from nfn_rl.population._perturb import perturb_population
 from nfn_rl.population._policy import make_policy
 from nfn_rl.run import Trainer, skip_nonfinite
@@ -57,13 +60,28 @@ def with_policy_lr(
     return opt_state._replace(inner_state=inner._replace(hyperparams=hyperparams))
 
 
+class Population(eqx.Module):
+    """One iteration's rollouts (`PopulationTrainer.collect`): the perturbed parameters
+    (leading axis `num_envs`, before any observation normalisation is folded in), each one's
+    episode length and return, and the observation normaliser with these episodes'
+    observations merged in (None without normalisation)."""
+
+    params: PyTree[Array]
+    lengths: Int[Array, " envs"]
+    returns: Float[Array, " envs"]
+    observations: ObservationNormalizer | None
+
+
 class PopulationTrainer(Trainer):
     """A trainer that perturbs its policy into `num_envs` policies per iteration and rolls each
     out once (EPVF, ES). `mesh` is a 1-D mesh over all devices (axis `"envs"`), of every
     process in a multi-process run: the rollouts are split evenly across it.
 
-    Concrete subclasses hold `policy_static` (the policy's non-array part) and implement
-    `init` and `update` with the methods here.
+    Concrete subclasses hold `policy_static` (the policy's non-array part), keep the policy
+    arrays in `state.policy` and the observation normaliser (`initial_observations`) in
+    `state.observations`, and implement `init` and `update` with the methods here. The policy
+    arrays are what the critic reads and the optimiser moves; the policies that act (in the
+    rollouts, the evaluation and `policy`) have the normaliser folded in.
     """
 
     config: eqx.AbstractVar[PerturbationConfig]
@@ -95,21 +113,33 @@ class PopulationTrainer(Trainer):
         )(jax.random.split(key, self.num_policies))
         return self.clip_weights(policies)
 
+    def initial_observations(self) -> ObservationNormalizer | None:
+        """The observation normaliser before any rollout (None unless
+        `observation_normalization`)."""
+        if not self.config.observation_normalization:
+            return None
+        return ObservationNormalizer.empty(self.env.observation_size)
+
     def policy(self, state, index: Int[Array, ""] | int = 0) -> eqx.nn.MLP:
-        return eqx.combine(jax.tree.map(lambda x: x[index], state.policy), self.policy_static)
+        """Trained policy `index`, acting on raw observations (normalisation folded in)."""
+        params = jax.tree.map(lambda x: x[index], state.policy)
+        return eqx.combine(fold_observations(state.observations, params), self.policy_static)
 
     def value_of(self, value: eqx.Module, params: PyTree[Array]) -> Float[Array, " n"]:
         """`value(policy)` of each stacked policy in `params`."""
         return jax.vmap(lambda p: value(eqx.combine(p, self.policy_static)))(params)
 
     def collect(
-        self, policies: PyTree[Array], *, key: PRNGKeyArray, multiple_policies: bool = False
-    ) -> tuple[PyTree[Array], Int[Array, " envs"], Float[Array, " envs"]]:
+        self,
+        policies: PyTree[Array],
+        *,
+        key: PRNGKeyArray,
+        observations: ObservationNormalizer | None = None,
+        multiple_policies: bool = False,
+    ) -> Population:
         """Perturb the policy (each of `policies` with `multiple_policies`), roll every
-        perturbation out once.
-
-        Returns the perturbed parameters (leading axis `num_envs`), episode lengths and returns.
-        """
+        perturbation out once, acting on observations normalised by `observations` (frozen for
+        the whole batch), and merge the batch's observations into it."""
         config = self.config
         perturb_key, rollout_key = jax.random.split(key)
         centre = policies if multiple_policies else jax.tree.map(lambda x: x[0], policies)
@@ -125,8 +155,13 @@ class PopulationTrainer(Trainer):
         )
         candidates = self.split(candidates)
         keys = self.split(jax.random.split(rollout_key, config.num_envs))
-        lengths, returns = self.split(self._returns(candidates, keys))
-        return candidates, lengths, returns
+        acting = fold_observations(observations, candidates)
+        if observations is None:
+            lengths, returns = self.split(self._returns(acting, keys, summaries=False))
+            return Population(candidates, lengths, returns, None)
+        summaries = self.split(self._returns(acting, keys, summaries=True))
+        observations = observations.update(summaries, jnp.isfinite(summaries.total))
+        return Population(candidates, summaries.length, summaries.total, observations)
 
     def neighbourhood_return(
         self, state, *, key: PRNGKeyArray
@@ -135,7 +170,7 @@ class PopulationTrainer(Trainer):
         noise, one episode each) and its standard error: a measure of the final policy that a
         single deterministic episode's luck does not decide, comparable across methods that
         share the population."""
-        _, _, returns = self.collect(state.policy, key=key)
+        returns = self.collect(state.policy, key=key, observations=state.observations).returns
         finite = jnp.isfinite(returns)
         count = jnp.maximum(jnp.sum(finite), 1)
         mean = jnp.sum(jnp.where(finite, returns, 0.0)) / count
@@ -145,22 +180,23 @@ class PopulationTrainer(Trainer):
         return mean, jnp.sqrt(variance / count)
 
     def _returns(
-        self, params: PyTree[Array], keys: Key[Array, " n"]
-    ) -> tuple[Int[Array, " n"], Float[Array, " n"]]:
+        self, params: PyTree[Array], keys: Key[Array, " n"], *, summaries: bool
+    ) -> tuple[Int[Array, " n"], Float[Array, " n"]] | EpisodeSummary:
         if isinstance(self.env, NativeAnt | GymnasiumEnv):
-            return self._returns_on_each_device(params, keys)
-        return self._episodes(self.env, params, keys)
+            return self._returns_on_each_device(params, keys, summaries)
+        return self._episodes(self.env, params, keys, summaries)
 
     def _episodes(
-        self, env: Environment, params: PyTree[Array], keys: Key[Array, " n"]
-    ) -> tuple[Int[Array, " n"], Float[Array, " n"]]:
-        return jax.vmap(
-            lambda p, k: episode_length_and_return(env, eqx.combine(p, self.policy_static), k)
-        )(params, keys)
+        self, env: Environment, params: PyTree[Array], keys: Key[Array, " n"], summaries: bool
+    ) -> tuple[Int[Array, " n"], Float[Array, " n"]] | EpisodeSummary:
+        episode = episode_summary if summaries else episode_length_and_return
+        return jax.vmap(lambda p, k: episode(env, eqx.combine(p, self.policy_static), k))(
+            params, keys
+        )
 
     def _returns_on_each_device(
-        self, params: PyTree[Array], keys: Key[Array, " n"]
-    ) -> tuple[Int[Array, " n"], Float[Array, " n"]]:
+        self, params: PyTree[Array], keys: Key[Array, " n"], summaries: bool
+    ) -> tuple[Int[Array, " n"], Float[Array, " n"]] | EpisodeSummary:
         """`_episodes`, with each device's share of the episodes played by its own host call.
 
         The native Ant runs on the host through a callback, which the compiler would otherwise
@@ -170,14 +206,14 @@ class PopulationTrainer(Trainer):
         env_arrays, env_static = eqx.partition(self.env, eqx.is_array)
 
         def on_device(env_arrays, params, keys):
-            return self._episodes(eqx.combine(env_arrays, env_static), params, keys)
+            return self._episodes(eqx.combine(env_arrays, env_static), params, keys, summaries)
 
         split = PartitionSpec(ENVS_AXIS)
         return jax.shard_map(
             on_device,
             mesh=self.mesh,
             in_specs=(PartitionSpec(), split, split),
-            out_specs=(split, split),
+            out_specs=split,
         )(env_arrays, params, keys)
 
 
