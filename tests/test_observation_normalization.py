@@ -257,3 +257,26 @@ def test_off_by_default_and_in_the_paper_preset():
         dataclasses.replace(CONFIGS["es"], observation_normalization=False)
     )
     assert eqx.filter_jit(trainer.init)(jax.random.key(0)).observations is None
+
+
+def test_native_gymnasium_sums_match_gymnasiums_own_loop():
+    """The native task and Gymnasium's vector API, from the same resets: the same sums."""
+    keys = jax.random.split(jax.random.key(3), 4)
+    summaries = []
+    for backend in ("native", "gymnasium"):
+        env = nfn_rl.envs.GymnasiumEnv("InvertedPendulum-v5", horizon=30, backend=backend)
+        policies = jax.vmap(lambda k, e=env: eqx.filter(make_policy(e, 8, 1, key=k), eqx.is_array))(
+            keys
+        )
+        static = eqx.filter(make_policy(env, 8, 1, key=keys[0]), eqx.is_array, inverse=True)
+        summaries.append(
+            jax.vmap(lambda p, k, e=env: episode_summary(e, eqx.combine(p, static), k))(
+                policies, keys
+            )
+        )
+    native, gym = summaries
+    np.testing.assert_array_equal(native.length, gym.length)
+    np.testing.assert_allclose(native.observation_sum, gym.observation_sum, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        native.observation_square_sum, gym.observation_square_sum, rtol=1e-4, atol=1e-5
+    )

@@ -9,7 +9,12 @@ import numpy as np
 from jaxtyping import Array, Bool, Float
 
 from nfn_rl.envs._ant import Ant
-from nfn_rl.envs._callback import episode_shapes, flatten_batch, host_results
+from nfn_rl.envs._callback import (
+    episode_shapes,
+    flatten_batch,
+    host_results,
+    recorded_observation_sums,
+)
 from nfn_rl.envs._native import NativeAntRollout
 
 
@@ -58,14 +63,12 @@ class NativeAnt(Ant):
         def host(params):
             flat, batch_shape = flatten_batch(params, ndims)
             with one_at_a_time, self.rollout() as rollout:
-                if observation_sums:  # summed from the recorded observations acted on
+                if observation_sums:
                     lengths, returns, trajectory = rollout.episode_lengths_and_returns(
                         flat, static, record=True
                     )
-                    obs = trajectory.observations[:, :-1].astype(np.float64)
-                    steps = np.arange(obs.shape[1])[None, :, None] < lengths[:, None, None]
-                    obs = np.where(steps, obs, 0.0)
-                    results = (lengths, returns, obs.sum(1), (obs**2).sum(1))
+                    sums = recorded_observation_sums(trajectory.observations, lengths)
+                    results = (lengths, returns, *sums)
                 else:
                     results = rollout.episode_lengths_and_returns(flat, static)
             return host_results(results, batch_shape)
