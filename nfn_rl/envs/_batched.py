@@ -1,16 +1,18 @@
 """Batched MuJoCo episodes on the host for any task: one thread pool, many closed-loop policies.
 
-The machinery of `nfn_rl.envs.NativeAntRollout`, written once for any MuJoCo task: a task says how
-its actions become controls and how a transition's physics becomes an observation, a reward and a
-termination flag (`BatchedTask`); `PhysicsPool` steps ``k`` environments ``frame_skip`` physics
-steps at once with ``mujoco.rollout`` on a persistent thread pool; `EpisodeBatch` advances the
-episodes of a batch of policies in lock-step, drops finished ones, and with two batches the
-physics of one (on the pool, without the GIL) overlaps the host work of the other.
+The machinery of `nfn_rl.envs.NativeAntRollout` and `nfn_rl.envs.NativeGymnasiumRollout`,
+written once for any MuJoCo task: a task says how its actions become controls and how a
+transition's physics becomes an observation, a reward and a termination flag (`BatchedTask`);
+`PhysicsPool` steps ``k`` environments ``frame_skip`` physics steps at once with
+``mujoco.rollout`` on a persistent thread pool; `EpisodeBatch` advances the episodes of a batch
+of policies in lock-step, drops finished ones, and with two batches the physics of one (on the
+pool, without the GIL) overlaps the host work of the other.
 """
 
 import abc
 import collections
 import concurrent.futures
+import dataclasses
 import os
 import threading
 from collections.abc import Callable
@@ -34,7 +36,8 @@ class BatchedTask(abc.ABC):
     """What a MuJoCo task adds to the shared machinery: its model and its transition.
 
     Subclasses set ``model``, ``frame_skip``, ``observation_size`` and ``action_size`` and
-    implement `controls` and `transition`, vectorised over a batch of environments in NumPy.
+    implement `controls`, `observation` and `transition`, vectorised over a batch of environments
+    in NumPy.
     """
 
     model: mujoco.MjModel
@@ -57,10 +60,10 @@ class BatchedTask(abc.ABC):
         self,
         before: Float[np.ndarray, "k nstate"],
         after: Float[np.ndarray, "k nstate"],
-        actions: Float[np.ndarray, "k act"],
+        controls: Float[np.ndarray, "k nu"],
     ) -> tuple[Float[np.ndarray, "k obs"], Float[np.ndarray, " k"], Bool[np.ndarray, " k"]]:
         """Observation, reward and termination of the control step from ``before`` to ``after``
-        (full physics states) under ``actions``."""
+        (full physics states) under ``controls`` (what `controls` made of the actions)."""
 
 
 class Trajectory(eqx.Module):
@@ -79,25 +82,56 @@ class Trajectory(eqx.Module):
     done: Bool[np.ndarray, "n steps"]
 
 
+@dataclasses.dataclass
+class _Outcome:
+    """What one `PhysicsPool.play` call fills in, row by row: ``moments`` (the sums of the
+    observations acted on and of their squares) and ``trajectory`` only where asked for."""
+
+    lengths: Int[np.ndarray, " n"]
+    returns: Float[np.ndarray, " n"]
+    moments: tuple[Float[np.ndarray, "n obs"], Float[np.ndarray, "n obs"]] | None
+    trajectory: Trajectory | None
+
+    def results(self) -> tuple:
+        """``(lengths, returns)``, then the two moments if asked for, then the trajectory if
+        recorded."""
+        moments = () if self.moments is None else self.moments
+        trajectory = () if self.trajectory is None else (self.trajectory,)
+        return (self.lengths, self.returns, *moments, *trajectory)
+
+
 class PhysicsPool:
     """``mujoco.rollout``'s thread pool for one task's model, and the episodes it plays.
 
     A plain class, not an `equinox.Module`: it owns a native thread pool and per-thread ``MjData``
     scratch, mutable host resources that must not be traced, copied or compared as pytree leaves.
-    ``num_threads`` defaults to `usable_cpus`. Release the pool with `close` or
-    by using it as a context manager. Calls from several threads (JAX may run the host callbacks
-    of several devices at once) take turns. Results are
-    deterministic for a given input and do not depend on ``num_threads`` or ``overlap`` (each
-    episode runs on one thread from a fully specified state).
+    ``num_threads`` defaults to `usable_cpus`. ``drop_done=False`` keeps stepping finished
+    episodes instead of dropping them from the batch, and ``overlap=False`` makes the host wait for
+    the physics instead of overlapping the two: the same results, only slower (for benchmarks).
+    Release the pool with `close` or by using it as a context manager. Calls from several threads
+    (JAX may run the host callbacks of several devices at once) take turns: the pool and its
+    per-thread ``MjData`` serve one call at a time (two at once corrupt each other's physics), and
+    no physics call outlives the call that started it, even when that call raises or is
+    interrupted. Results are deterministic for a given input and do not depend on
+    ``num_threads``, ``drop_done`` or ``overlap`` (each episode runs on one thread from a fully
+    specified state).
     """
 
-    def __init__(self, task: BatchedTask, num_threads: int | None = None, *, overlap: bool = True):
+    def __init__(
+        self,
+        task: BatchedTask,
+        num_threads: int | None = None,
+        *,
+        drop_done: bool = True,
+        overlap: bool = True,
+    ):
         if num_threads is None:
             num_threads = usable_cpus()
         if num_threads < 1:
             raise ValueError(f"num_threads must be positive, got {num_threads}")
         self.task = task
         self.num_threads = num_threads
+        self.drop_done = drop_done
         self.overlap = overlap
         model = task.model
         self.nstate = mujoco.mj_stateSize(model, _FULLPHYSICS)
@@ -106,12 +140,12 @@ class PhysicsPool:
         self.reset_state = np.empty(self.nstate)
         mujoco.mj_getState(model, data, self.reset_state, _FULLPHYSICS)
         # Work items per thread and control step: a few balance the threads when one is slowed
-        # down (by another process) at little scheduling cost.
+        # down (by another process) at little scheduling cost; 1 to 40 measured alike on 2 cores.
         self._chunks_per_thread = 4
         self._pool = mj_rollout.Rollout(nthread=num_threads)
         self._thread_data = [mujoco.MjData(model) for _ in range(num_threads)]
         # The one thread that issues physics calls while this one does the host work.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nfn-physics")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nfn-native")
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -123,7 +157,7 @@ class PhysicsPool:
                 self._pool.close()
                 self._pool = None
 
-    def __enter__(self) -> "PhysicsPool":
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:
@@ -146,23 +180,28 @@ class PhysicsPool:
         horizon: int | Int[np.ndarray, " n"],
         *,
         record: bool = False,
-    ) -> (
-        tuple[Int[np.ndarray, " n"], Float[np.ndarray, " n"]]
-        | tuple[Int[np.ndarray, " n"], Float[np.ndarray, " n"], Trajectory]
-    ):
+        moments: bool = False,
+    ) -> tuple[np.ndarray | Trajectory, ...]:
         """One episode per row of ``start`` (full physics states), ``actor`` choosing the actions;
-        ``(lengths, returns)`` in float64, plus a `Trajectory` if ``record``.
+        ``(lengths, returns)`` in float64, then ``(obs_sum, obs_sq_sum)`` if ``moments``, then a
+        `Trajectory` if ``record``.
 
         An episode ends when the task terminates it, after ``horizon`` steps (an int or one per
         episode), or when its physics turns non-finite (that step earns 0; the state is rolled
-        back).
+        back). ``obs_sum`` and ``obs_sq_sum``, float64 of shape ``(n, observation_size)``, sum the
+        observations the actor acted on in the steps each episode's length counts, and their
+        squares: the reset observation included, the one after the final step excluded, so
+        ``obs_sum / lengths[:, None]`` is each episode's mean observation.
         """
+        return self._play(actor, start, horizon, record, moments).results()
+
+    def _play(self, actor, start, horizon, record, moments) -> _Outcome:
         with self._lock:
             if self._pool is None:
-                raise RuntimeError("this PhysicsPool has been closed")
-            return self._play(actor, start, horizon, record)
+                raise RuntimeError(f"this {type(self).__name__} has been closed")
+            return self._play_unlocked(actor, start, horizon, record, moments)
 
-    def _play(self, actor, start, horizon, record):
+    def _play_unlocked(self, actor, start, horizon, record, moments) -> _Outcome:
         num = start.shape[0]
         episode_limit = np.broadcast_to(np.asarray(horizon), (num,))
         if np.min(episode_limit) < 1:
@@ -171,44 +210,34 @@ class PhysicsPool:
         task = self.task
         nq, nv = self.nq, self.nv
         obs = task.observation(start[:, 1 : 1 + nq], start[:, 1 + nq : 1 + nq + nv])
-        lengths = np.zeros(num, np.int32)
-        returns = np.zeros(num, np.float64)
-        trajectory = None
+        outcome = _Outcome(np.zeros(num, np.int32), np.zeros(num, np.float64), None, None)
+        if moments:
+            outcome.moments = (np.zeros(obs.shape), np.zeros(obs.shape))
         if record:
-            trajectory = Trajectory(
-                observations=np.empty((num, limit + 1, task.observation_size)),
+            outcome.trajectory = Trajectory(
+                observations=np.empty((num, limit + 1, task.observation_size), obs.dtype),
                 qpos=np.empty((num, limit + 1, self.nq)),
                 rewards=np.zeros((num, limit)),
                 terminated=np.zeros((num, limit), bool),
                 done=np.ones((num, limit), bool),
             )
-            trajectory.observations[:, 0] = obs
-            trajectory.qpos[:, 0] = start[:, 1 : 1 + self.nq]
+            outcome.trajectory.observations[:, 0] = obs
+            outcome.trajectory.qpos[:, 0] = start[:, 1 : 1 + self.nq]
         groups = 2 if self.overlap and num >= MIN_OVERLAP_EPISODES else 1
         bounds = np.linspace(0, num, groups + 1).astype(int)
         batches = [
             EpisodeBatch(
-                self,
-                slice(lo, hi),
-                actor.rows(slice(lo, hi)),
-                start,
-                obs,
-                episode_limit,
-                lengths,
-                returns,
-                trajectory,
+                self, slice(lo, hi), actor.rows(slice(lo, hi)), start, obs, episode_limit, outcome
             )
             for lo, hi in zip(bounds[:-1], bounds[1:])
         ]
         if groups == 1:
             batch = batches[0]
             while not batch.finished_all:
-                batch.observe(self.step_physics(*batch.act()))
+                batch.observe(self._step_physics(*batch.act()))
         else:
             self._overlapped(batches)
-        if record:
-            return lengths, returns, trajectory
-        return lengths, returns
+        return outcome
 
     def _overlapped(self, batches: list["EpisodeBatch"]) -> None:
         """Step the batches in turn, each one's physics (on a helper thread) overlapping the
@@ -220,22 +249,21 @@ class PhysicsPool:
         in the sequential loop, and every episode gets bitwise the same numbers.
         """
         ready = collections.deque((batch, batch.act()) for batch in batches)
-        running = None
+        running = None  # (batch, future) of the physics call in flight
         try:
             while ready or running is not None:
+                finished = None
                 if running is not None:
                     out = running[1].result()
-                launched = None
+                    finished, running = running[0], None
                 if ready:
                     batch, args = ready.popleft()
-                    launched = (batch, self._executor.submit(self.step_physics, *args))
-                if running is not None:
-                    batch = running[0]
-                    running = None
-                    batch.observe(out)
-                    if not batch.finished_all:
-                        ready.append((batch, batch.act()))
-                running = launched
+                    running = (batch, self._executor.submit(self._step_physics, *args))
+                # The launched call is `running` before the host work below, which may raise.
+                if finished is not None:
+                    finished.observe(out)
+                    if not finished.finished_all:
+                        ready.append((finished, finished.act()))
         finally:
             # No physics call outlives this one, even when the host work above raised or was
             # interrupted: the next call would race it on the same pool and MjData.
@@ -245,7 +273,7 @@ class PhysicsPool:
                 except KeyboardInterrupt:  # at most one control step to wait; the first counts
                     pass
 
-    def step_physics(
+    def _step_physics(
         self,
         start: Float[np.ndarray, "k nstate"],
         start_warm: Float[np.ndarray, "k nv"],
@@ -343,8 +371,9 @@ class EpisodeBatch:
     """Episodes ``rows`` of one `PhysicsPool.play` call, advanced in lock-step: `act` gives the
     physics inputs of the live episodes, `observe` takes its outputs.
 
-    Writes the shared ``lengths``, ``returns`` and ``trajectory`` at ``rows`` only, so batches over
-    disjoint rows can alternate. Finished episodes are dropped from the batch.
+    Writes the shared outcome (lengths, returns, moments, trajectory) at ``rows`` only, so batches
+    over disjoint rows can alternate. Finished episodes are dropped from the batch unless the pool
+    keeps them (``drop_done=False``: stepped on, no longer counted).
     """
 
     def __init__(
@@ -355,20 +384,20 @@ class EpisodeBatch:
         start,
         reset_obs,
         episode_limit,
-        lengths,
-        returns,
-        trajectory,
+        outcome: _Outcome,
     ):
         num = rows.stop - rows.start
         self.pool, self.task, self.rows, self.actor = pool, pool.task, rows, actor
-        self.trajectory = trajectory
+        self.trajectory = outcome.trajectory
         self.episode_limit = episode_limit[rows]
-        self.lengths, self.returns = lengths[rows], returns[rows]  # views into the shared arrays
+        # Views into the shared arrays.
+        self.lengths, self.returns = outcome.lengths[rows], outcome.returns[rows]
+        self.moments = None if outcome.moments is None else [m[rows] for m in outcome.moments]
         self.state = np.array(start[rows])
         self.warmstart = np.zeros((num, pool.nv))  # a freshly reset MjData's
         self.obs = np.array(reset_obs[rows])
         self.finished = np.zeros(num, bool)
-        self.live = np.arange(num)
+        self.live = np.arange(num)  # the episodes stepped: the running ones (all if not drop_done)
         self.step = 0
         self.limit = int(self.episode_limit.max())
         self.finished_all = False
@@ -376,46 +405,58 @@ class EpisodeBatch:
     def act(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The live episodes' physics state, solver warmstart and controls for this step."""
         live = self.live
-        self.actions = self.actor(self.obs, live, self.step)
+        self.controls = self.task.controls(self.actor(self.obs, live, self.step))
         self.start, self.start_warm = self.state[live], self.warmstart[live]
-        return self.start, self.start_warm, self.task.controls(self.actions)
+        return self.start, self.start_warm, self.controls
 
     def observe(self, physics: tuple[np.ndarray, np.ndarray]) -> None:
         """Take the physics' output for the step `act` prepared; update returns and the batch."""
         new, warm = physics
         live, step = self.live, self.step
         finite = np.isfinite(new).all(axis=1) & np.isfinite(warm).all(axis=1)
-        obs, reward, terminated = self.task.transition(self.start, new, self.actions)
+        obs, reward, terminated = self.task.transition(self.start, new, self.controls)
         if not finite.all():
-            # Keep the last finite physics; that step earns nothing and ends the episode.
+            # Keep the last finite physics; that step earns nothing and ends the episode. The
+            # observation is that of the kept state under this step's controls (which the Ant
+            # observes).
             new = np.where(finite[:, None], new, self.start)
             warm = np.where(finite[:, None], warm, self.start_warm)
-            obs = np.where(finite[:, None], obs, self.obs[live])
+            kept = ~finite
+            obs = np.array(obs)
+            obs[kept] = self.task.transition(new[kept], new[kept], self.controls[kept])[0]
             reward = np.where(finite, reward, 0.0)
         done = terminated | ~finite | (step + 1 >= self.episode_limit[live])
+        running = ~self.finished[live]
+        counted = live[running]
+        if self.moments is not None:
+            acted = self.obs[counted].astype(np.float64)
+            self.moments[0][counted] += acted
+            self.moments[1][counted] += acted * acted
         self.state[live], self.warmstart[live], self.obs[live] = new, warm, obs
-        self.lengths[live] += 1
-        self.returns[live] += reward
-        self.finished[live] |= done
+        self.lengths[counted] += 1
+        self.returns[counted] += reward[running]
+        self.finished[counted] |= done[running]
         if self.trajectory is not None:
-            self._record(step, live, reward, terminated, done, new[:, 1 : 1 + self.pool.nq])
+            qpos = new[running, 1 : 1 + self.pool.nq]
+            self._record(step, counted, reward[running], terminated[running], done[running], qpos)
         self.step = step + 1
-        self.live = live[~done]
-        if self.live.size == 0 or self.step >= self.limit:
+        if self.finished.all() or self.step >= self.limit:
             self.finished_all = True
             if self.trajectory is not None:
                 self._record_tail()
+        elif self.pool.drop_done:
+            self.live = live[~done]
 
-    def _record(self, step, live, reward, terminated, done, qpos) -> None:
+    def _record(self, step, counted, reward, terminated, done, qpos) -> None:
         trajectory, rows = self.trajectory, self.rows
-        trajectory.rewards[rows][live, step] = reward
-        trajectory.terminated[rows][live, step] = terminated
-        trajectory.done[rows][live, step] = done
+        trajectory.rewards[rows][counted, step] = reward
+        trajectory.terminated[rows][counted, step] = terminated
+        trajectory.done[rows][counted, step] = done
         observations, positions = trajectory.observations[rows], trajectory.qpos[rows]
         observations[:, step + 1] = observations[:, step]
-        observations[live, step + 1] = self.obs[live]
+        observations[counted, step + 1] = self.obs[counted]
         positions[:, step + 1] = positions[:, step]
-        positions[live, step + 1] = qpos
+        positions[counted, step + 1] = qpos
 
     def _record_tail(self) -> None:
         """Steps never taken (every episode ended early) repeat the final observations."""

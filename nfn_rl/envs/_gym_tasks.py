@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import gymnasium
 import mujoco
 import numpy as np
-from jaxtyping import Bool, Float, Int, PyTree
+from jaxtyping import Bool, Float, PyTree
 
 from nfn_rl.envs._batched import Actor, BatchedTask, PhysicsPool, Trajectory, unpack_mlp
 
@@ -49,6 +49,8 @@ class GymnasiumTask(BatchedTask):
         self.observation_size = self.observation(np.zeros((1, nq)), np.zeros((1, nv))).shape[1]
 
     def controls(self, actions):
+        # Gymnasium's actions as given: MuJoCo clamps them to the control range, and `transition`'s
+        # control cost sees them unclamped.
         return actions
 
     def reset_noise(self, seed: int) -> tuple[Float[np.ndarray, " nq"], Float[np.ndarray, " nv"]]:
@@ -66,10 +68,10 @@ class GymnasiumTask(BatchedTask):
         nq, nv = self.model.nq, self.model.nv
         return state[:, 1 : 1 + nq], state[:, 1 + nq : 1 + nq + nv]
 
-    def control_cost(self, weight: float, actions: Float[np.ndarray, "k act"]):
+    def control_cost(self, weight: float, controls: Float[np.ndarray, "k act"]):
         # As Gymnasium's `weight * np.sum(np.square(action))` on its float32 actions: float32.
-        actions = np.asarray(actions, np.float32)
-        return np.float32(weight) * np.sum(np.square(actions), axis=1)
+        controls = np.asarray(controls, np.float32)
+        return np.float32(weight) * np.sum(np.square(controls), axis=1)
 
 
 class InvertedPendulum(GymnasiumTask):
@@ -83,7 +85,7 @@ class InvertedPendulum(GymnasiumTask):
     def observation(self, qpos, qvel):
         return np.concatenate([qpos, qvel], axis=1)
 
-    def transition(self, before, after, actions):
+    def transition(self, before, after, controls):
         obs = self.observation(*self._split(after))
         terminated = ~np.isfinite(obs).all(axis=1) | (np.abs(obs[:, 1]) > 0.2)
         return obs, (~terminated).astype(np.float64), terminated
@@ -116,7 +118,7 @@ class _Locomotion(GymnasiumTask):
             healthy &= ((low < state) & (state < high)).all(axis=1)
         return healthy
 
-    def transition(self, before, after, actions):
+    def transition(self, before, after, controls):
         qpos, qvel = self._split(after)
         # Gymnasium's `(forward + healthy) - cost`, summed in that order.
         reward = (qpos[:, 0] - before[:, 1]) / self.dt
@@ -125,7 +127,7 @@ class _Locomotion(GymnasiumTask):
             healthy = self.healthy(qpos, qvel)
             reward = reward + healthy * self.healthy_reward
             terminated = ~healthy
-        reward = reward - self.control_cost(self.ctrl_cost_weight, actions)
+        reward = reward - self.control_cost(self.ctrl_cost_weight, controls)
         return self.observation(qpos, qvel), reward, terminated
 
 
@@ -227,13 +229,16 @@ class NativeGymnasiumRollout:
         horizon: int,
         *,
         record: bool = False,
-    ) -> (
-        tuple[Int[np.ndarray, " n"], Float[np.ndarray, " n"]]
-        | tuple[Int[np.ndarray, " n"], Float[np.ndarray, " n"], Trajectory]
-    ):
-        """One episode per policy, each from the reset of its seed; lengths and float64
-        returns (the undiscounted sum of Gymnasium's rewards), plus a `Trajectory` if
-        ``record``."""
+        moments: bool = False,
+    ) -> tuple[np.ndarray | Trajectory, ...]:
+        """One episode per policy, each from the reset of its seed: ``(lengths, returns)``
+        (float64 returns, the undiscounted sum of Gymnasium's rewards), then ``(obs_sum,
+        obs_sq_sum)`` if ``moments``, then a `Trajectory` if ``record``.
+
+        ``obs_sum`` and ``obs_sq_sum`` (float64, shape ``(n, observation_size)``) sum each
+        episode's observations over the steps its length counts (the reset observation included,
+        the one after the final step excluded) and their squares: ``obs_sum / lengths[:, None]``
+        is its mean observation (`PhysicsPool.play`)."""
         task = self.task
         actor, num = unpack_mlp(params, policy_static, task.observation_size, task.action_size)
         if len(seeds) != num:
@@ -243,6 +248,7 @@ class NativeGymnasiumRollout:
             self.reset_states(seeds),
             horizon,
             record=record,
+            moments=moments,
         )
 
 

@@ -7,7 +7,8 @@ instead of MJX: on 2 CPU cores about 3x as many env steps/s for the torque Ant a
 (``benchmarks/rollout_backends.py``; docs/epvf.md, "Native CPU rollouts", has the table). It is
 host code: NumPy in, NumPy out, not jittable.
 
-All ``n`` environments advance in lock-step. Each control step:
+All ``n`` environments advance in lock-step, in the loop of `nfn_rl.envs._batched` that the
+Gymnasium tasks share (the Ant is its `BatchedTask`). Each control step:
 
 1. the actions of all live policies, a batched matmul per layer in NumPy float32. NumPy, not a
    jitted ``jax.vmap`` of the policy: on 2 cores they take about the same time (2048 policies:
@@ -34,27 +35,22 @@ distribution over many policies agrees (tests/test_native_rollout.py states the 
 tolerances).
 """
 
-import collections
-import concurrent.futures
-import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 import equinox as eqx
 import mujoco
 import numpy as np
 from jaxtyping import Bool, Float, Int, PyTree
-from mujoco import rollout as mj_rollout
 
 from nfn_rl.envs._ant import Ant, _fallen, _load_mj_model, _observation, _rotate_into_frame
 from nfn_rl.envs._ant import tracking_reward as _tracking_reward
-from nfn_rl.envs._batched import mlp_forward as _mlp_forward
-from nfn_rl.envs._batched import mlp_layers, usable_cpus
+from nfn_rl.envs._batched import MIN_OVERLAP_EPISODES as _MIN_OVERLAP_EPISODES  # noqa: F401
+from nfn_rl.envs._batched import BatchedTask, MLPActor, OpenLoopActor, PhysicsPool, mlp_layers
+from nfn_rl.envs._batched import EpisodeBatch as _EpisodeBatch  # noqa: F401
+from nfn_rl.envs._batched import mlp_forward as _mlp_forward  # noqa: F401
 
-_FULLPHYSICS = mujoco.mjtState.mjSTATE_FULLPHYSICS.value
-_CTRL = mujoco.mjtState.mjSTATE_CTRL.value
-# Below this many episodes per call the physics is too short to hide the host work behind it.
-_MIN_OVERLAP_EPISODES = 64
+# The three names above marked noqa are the shared machinery under the names the tests of this
+# module patch and import.
 
 
 class NativeTrajectory(eqx.Module):
@@ -74,7 +70,50 @@ class NativeTrajectory(eqx.Module):
     done: Bool[np.ndarray, "n steps"]
 
 
-class NativeAntRollout:
+class _AntTask(BatchedTask):
+    """An `Ant`'s controls, observation, reward and termination, in float32 like MJX's, with the
+    very functions the MJX env uses."""
+
+    def __init__(self, env: Ant):
+        model, home_qpos, home_control = _load_mj_model(env.variant)
+        # MuJoCo would otherwise reset a diverged simulation to qpos0; with the reset off the NaN
+        # stays visible, and the episode ends as it does in MJX (rolled back, reward 0). MuJoCo
+        # still reports the instability in ./MUJOCO_LOG.TXT; silencing that would take its
+        # process-wide warning hook, which is not this object's to set.
+        model.opt.disableflags |= mujoco.mjtDisableBit.mjDSBL_AUTORESET
+        self.model = model
+        self.frame_skip = env.n_substeps
+        self.observation_size = env.observation_size
+        self.action_size = env.action_size
+        self.position = env.variant == "position"
+        self.action_scale = np.float32(env.action_scale)
+        self.home_qpos = home_qpos
+        self.home_qpos32 = home_qpos.astype(np.float32)
+        self.home_control32 = home_control.astype(np.float32)
+        # The control a zero action produces, as in `Ant.reset`.
+        self.reset_control32 = (
+            self.home_control32 if self.position else np.zeros(env.action_size, np.float32)
+        )
+
+    def controls(self, actions):
+        # `actions` are clipped already (by the actor or `open_loop_episodes`).
+        return self.home_control32 + self.action_scale * actions if self.position else actions
+
+    def observation(self, qpos, qvel):
+        control = np.broadcast_to(self.reset_control32, (qpos.shape[0], self.action_size))
+        qpos32, qvel32 = qpos.astype(np.float32), qvel.astype(np.float32)
+        return _observation(qpos32, qvel32, control, self.home_qpos32, np)
+
+    def transition(self, before, after, controls):
+        nq, nv = self.model.nq, self.model.nv
+        qpos = after[:, 1 : 1 + nq].astype(np.float32)
+        qvel = after[:, 1 + nq : 1 + nq + nv].astype(np.float32)
+        velocity = _rotate_into_frame(qpos[:, 3:7], qvel[:, 0:3], np)
+        obs = _observation(qpos, qvel, controls, self.home_qpos32, np, velocity)
+        return obs, _tracking_reward(velocity[:, :2], np), _fallen(qpos[:, 2])
+
+
+class NativeAntRollout(PhysicsPool):
     """Episode lengths and returns of ``n`` deterministic MLP policies in an `Ant`, natively.
 
     ``NativeAntRollout(env, num_threads=None)`` copies ``env``'s variant and horizon and compiles
@@ -86,18 +125,18 @@ class NativeAntRollout:
     (rewards after the end do not count; a step whose physics turns non-finite earns 0 and ends
     the episode; MuJoCo also appends a warning to ``MUJOCO_LOG.TXT`` in the working directory).
 
-    A plain class, not an `equinox.Module`: it owns a native thread pool and per-thread ``MjData``
-    scratch, mutable host resources that must not be traced, copied or compared as pytree leaves.
-    ``drop_done=False`` keeps stepping finished episodes (as the vmapped MJX rollout does) instead
-    of dropping them from the batch; the results are the same, only slower (for benchmarks).
-    ``overlap=False`` makes the host wait for the physics instead of overlapping the two (two
-    halves of the batch alternate, one's physics running while the other's observations and
-    actions are computed); again the same results, only slower. Release the pool with `close` or
-    by using it as a context manager. Thread-safe: concurrent calls (from several threads) run one
-    at a time, and no physics call outlives the call that started it, even when that call
-    raises or is interrupted. Results are
-    deterministic for a given input, and do not depend on ``num_threads``, ``drop_done`` or
-    ``overlap`` (each episode runs on one thread from a fully specified state).
+    A `PhysicsPool` for the Ant: a plain class, not an `equinox.Module`, since it owns a native
+    thread pool and per-thread ``MjData`` scratch, mutable host resources that must not be traced,
+    copied or compared as pytree leaves. ``drop_done=False`` keeps stepping finished episodes (as
+    the vmapped MJX rollout does) instead of dropping them from the batch; the results are the
+    same, only slower (for benchmarks). ``overlap=False`` makes the host wait for the physics
+    instead of overlapping the two (two halves of the batch alternate, one's physics running while
+    the other's observations and actions are computed); again the same results, only slower.
+    Release the pool with `close` or by using it as a context manager. Thread-safe: concurrent
+    calls (from several threads) run one at a time, and no physics call outlives the call that
+    started it, even when that call raises or is interrupted. Results are deterministic for a
+    given input, and do not depend on ``num_threads``, ``drop_done`` or ``overlap`` (each episode
+    runs on one thread from a fully specified state).
     """
 
     def __init__(
@@ -110,62 +149,14 @@ class NativeAntRollout:
     ):
         if not isinstance(env, Ant):
             raise TypeError(f"NativeAntRollout needs an Ant env, got {type(env).__name__}")
-        if num_threads is None:
-            num_threads = usable_cpus()
-        if num_threads < 1:
-            raise ValueError(f"num_threads must be positive, got {num_threads}")
-        model, home_qpos, home_control = _load_mj_model(env.variant)
-        # MuJoCo would otherwise reset a diverged simulation to qpos0; with the reset off the NaN
-        # stays visible, and the episode ends as it does in MJX (rolled back, reward 0). MuJoCo
-        # still reports the instability in ./MUJOCO_LOG.TXT; silencing that would take its
-        # process-wide warning hook, which is not this object's to set.
-        model.opt.disableflags |= mujoco.mjtDisableBit.mjDSBL_AUTORESET
-        self.model = model
+        task = _AntTask(env)
+        super().__init__(task, num_threads, drop_done=drop_done, overlap=overlap)
+        self.model = task.model
         self.variant = env.variant
         self.horizon = env.horizon
         self.n_substeps = env.n_substeps
         self.action_scale = env.action_scale
-        self.num_threads = num_threads
-        self.drop_done = drop_done
-        self.overlap = overlap
-        # Work items per thread and control step: a few balance the threads when one is slowed
-        # down (by another process) at little scheduling cost; 1 to 40 measured alike on 2 cores.
-        self._chunks_per_thread = 4
-        self._home_qpos32 = home_qpos.astype(np.float32)
-        self._home_control32 = home_control.astype(np.float32)
-        # The control a zero action produces, as in `Ant.reset`.
-        self._reset_control32 = (
-            self._home_control32 if self.variant == "position" else np.zeros(8, np.float32)
-        )
-        data = mujoco.MjData(model)
-        data.qpos[:] = home_qpos
-        data.ctrl[:] = home_control
-        self._nstate = mujoco.mj_stateSize(model, _FULLPHYSICS)
-        self._home_state = np.empty(self._nstate)
-        mujoco.mj_getState(model, data, self._home_state, _FULLPHYSICS)
-        self._nq, self._nv = model.nq, model.nv
-        self._pool = mj_rollout.Rollout(nthread=num_threads)
-        self._thread_data = [mujoco.MjData(model) for _ in range(num_threads)]
-        # The one thread that issues physics calls while this one does the host work.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nfn-native")
-        # The pool and its per-thread MjData serve one call at a time: two at once corrupt each
-        # other's physics (wrong returns, then a crash).
-        self._lock = threading.Lock()
-
-    def close(self) -> None:
-        """Stop the thread pool (after the call in progress, if any); the object cannot roll out
-        afterwards."""
-        with self._lock:
-            if self._pool is not None:
-                self._executor.shutdown()
-                self._pool.close()
-                self._pool = None
-
-    def __enter__(self) -> "NativeAntRollout":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+        self._home_state = self.states(task.home_qpos[None], np.zeros((1, self.nv)))[0]
 
     def episode_lengths_and_returns(
         self,
@@ -174,17 +165,19 @@ class NativeAntRollout:
         *,
         max_steps: int | Int[np.ndarray, " n"] | None = None,
         record: bool = False,
-    ) -> (
-        tuple[Int[np.ndarray, " n"], Float[np.ndarray, " n"]]
-        | tuple[Int[np.ndarray, " n"], Float[np.ndarray, " n"], NativeTrajectory]
-    ):
-        """One episode per policy; ``(lengths, returns)``, plus a `NativeTrajectory` if ``record``.
+        moments: bool = False,
+    ) -> tuple[np.ndarray | NativeTrajectory, ...]:
+        """One episode per policy: ``(lengths, returns)``, then ``(obs_sum, obs_sq_sum)`` if
+        ``moments``, then a `NativeTrajectory` if ``record``.
 
         ``params`` holds the array leaves of ``n`` stacked `eqx.nn.MLP` policies (leading axis
         ``n``; e.g. ``eqx.partition(perturb_population(policy, n, ...), eqx.is_array)``) and
         ``policy_static`` the rest of the policy. ``max_steps`` (an int, or one per episode) ends
-        episodes before the env's horizon (larger values are capped to it). Host code: call it
-        outside ``jit``; JAX arrays are accepted and copied to NumPy.
+        episodes before the env's horizon (larger values are capped to it). ``obs_sum`` and
+        ``obs_sq_sum`` (float64, shape ``(n, 34)``) sum each episode's observations over the
+        steps its length counts (the reset observation included, the one after the final step
+        excluded) and their squares: ``obs_sum / lengths[:, None]`` is its mean observation. Host
+        code: call it outside ``jit``; JAX arrays are accepted and copied to NumPy.
         """
         layers, activation, final_activation, num = _unpack_policy(params, policy_static)
         if max_steps is None:
@@ -195,11 +188,8 @@ class NativeAntRollout:
             )
         if np.min(max_steps) < 1:
             raise ValueError(f"max_steps must be positive, got {np.min(max_steps)}")
-        policy = _Policy(layers, activation, final_activation)
-        lengths, returns, trajectory = self._play(num, policy, max_steps, record)
-        if record:
-            return lengths, returns, trajectory
-        return lengths, returns
+        actor = MLPActor(layers, activation, final_activation)
+        return self._ant_play(actor, num, max_steps, record, moments)
 
     def open_loop_episodes(
         self, actions: Float[np.ndarray, "n steps 8"]
@@ -213,250 +203,28 @@ class NativeAntRollout:
                 f"actions must have shape (n, steps, 8) with 1 <= steps <= {self.horizon}, got "
                 f"shape {actions.shape}"
             )
-        return self._play(actions.shape[0], _OpenLoop(actions), actions.shape[1], True)
-
-    def _play(
-        self, num: int, policy: "_Policy | _OpenLoop", max_steps, record: bool
-    ) -> tuple[np.ndarray, np.ndarray, NativeTrajectory | None]:
-        with self._lock:
-            if self._pool is None:
-                raise RuntimeError("this NativeAntRollout has been closed")
-            # Per episode; values beyond the horizon are capped to it.
-            episode_limit = np.minimum(np.broadcast_to(max_steps, (num,)), self.horizon)
-            limit = int(episode_limit.max())
-            obs = _observation(
-                self._home_state[1 : 1 + self._nq].astype(np.float32),
-                np.zeros(self._nv, np.float32),
-                self._reset_control32,
-                self._home_qpos32,
-                np,
-            )
-            lengths = np.zeros(num, np.int32)
-            returns = np.zeros(num, np.float64)
-            trajectory = None
-            if record:
-                trajectory = NativeTrajectory(
-                    observations=np.empty((num, limit + 1, obs.size), np.float32),
-                    qpos=np.empty((num, limit + 1, self._nq)),
-                    rewards=np.zeros((num, limit), np.float32),
-                    done=np.ones((num, limit), bool),
-                )
-                trajectory.observations[:, 0] = obs
-                trajectory.qpos[:, 0] = self._home_state[1 : 1 + self._nq]
-            groups = 2 if self.overlap and num >= _MIN_OVERLAP_EPISODES else 1
-            bounds = np.linspace(0, num, groups + 1).astype(int)
-            batches = [
-                _EpisodeBatch(
-                    self, slice(lo, hi), policy, obs, episode_limit, lengths, returns, trajectory
-                )
-                for lo, hi in zip(bounds[:-1], bounds[1:])
-            ]
-            if groups == 1:
-                batch = batches[0]
-                while not batch.finished_all:
-                    batch.observe(self._step_physics(*batch.act()))
-            else:
-                self._overlapped(batches)
-            return lengths, returns.astype(np.float32), trajectory
-
-    def _overlapped(self, batches: list["_EpisodeBatch"]) -> None:
-        """Step the batches in turn, each one's physics (on a helper thread) overlapping the
-        previous one's observation and policy (on this thread).
-
-        ``mujoco.rollout`` releases the GIL while it steps, so while its pool runs one batch's
-        physics this thread computes the next batch's observations, rewards and actions: on 2 cores
-        that host work otherwise leaves a core idle for about a third of each control step. Only one
-        physics call is in flight at a time, so the pool and its per-thread ``MjData`` are used as
-        in the sequential loop, and every episode gets bitwise the same numbers. When this thread
-        raises (or is interrupted), it waits for the call in flight before it returns, so that
-        the next call cannot race it.
-        """
-        ready = collections.deque((batch, batch.act()) for batch in batches)
-        running = None  # (batch, future) of the physics call in flight
-        try:
-            while ready or running is not None:
-                finished = None
-                if running is not None:
-                    out = running[1].result()
-                    finished, running = running[0], None
-                if ready:
-                    batch, args = ready.popleft()
-                    running = (batch, self._executor.submit(self._step_physics, *args))
-                if finished is not None:
-                    finished.observe(out)
-                    if not finished.finished_all:
-                        ready.append((finished, finished.act()))
-        finally:
-            while running is not None and not running[1].done():
-                try:
-                    concurrent.futures.wait([running[1]])
-                except KeyboardInterrupt:  # one control step at most: the first one propagates
-                    pass
-
-    def _step_physics(
-        self,
-        start: Float[np.ndarray, "k nstate"],
-        start_warm: Float[np.ndarray, "k nv"],
-        ctrl: Float[np.ndarray, "k 8"],
-    ) -> Float[np.ndarray, "k substeps nstate"]:
-        """``n_substeps`` physics steps of ``k`` environments at constant controls, pooled."""
-        out = np.empty((start.shape[0], self.n_substeps, self._nstate))
-        self._pool.rollout(
-            [self.model] * start.shape[0],
-            self._thread_data,
-            start,
-            np.repeat(ctrl[:, None].astype(np.float64), self.n_substeps, axis=1),
-            control_spec=_CTRL,
-            skip_checks=True,
-            nstep=self.n_substeps,
-            initial_warmstart=start_warm,
-            state=out,
-            chunk_size=max(1, start.shape[0] // (self._chunks_per_thread * self.num_threads)),
-        )
-        return out
-
-
-class _EpisodeBatch:
-    """Episodes ``rows`` of one `NativeAntRollout.episode_lengths_and_returns` call, advanced in
-    lock-step: `act` gives the physics inputs of the live episodes, `observe` takes its outputs.
-
-    Writes the shared ``lengths``, ``returns`` and ``trajectory`` at ``rows`` only, so batches over
-    disjoint rows can alternate. Finished episodes are dropped from the batch (their physics is no
-    longer stepped and, once the live batch has halved, their policies are no longer evaluated).
-    """
-
-    def __init__(
-        self,
-        rollout: NativeAntRollout,
-        rows: slice,
-        policy: "_Policy | _OpenLoop",
-        reset_obs,
-        episode_limit,
-        lengths,
-        returns,
-        trajectory,
-    ):
-        num = rows.stop - rows.start
-        self.rollout, self.rows, self.trajectory = rollout, rows, trajectory
-        self.policy = policy.take(rows)
-        self.episode_limit = episode_limit[rows]
-        self.lengths, self.returns = lengths[rows], returns[rows]  # views into the shared arrays
-        self.state = np.tile(rollout._home_state, (num, 1))
-        self.warmstart = np.zeros((num, rollout._nv))  # a fresh MjData's, as MJX's make_data
-        self.obs = np.tile(reset_obs, (num, 1))
-        self.finished = np.zeros(num, bool)
-        self.live = np.arange(num)  # the episodes stepped: the running ones (all if not drop_done)
-        self.evaluated = self.live  # the episodes whose policies `policy` holds, ⊇ `live`
-        self.step = 0
-        self.limit = int(self.episode_limit.max())
-        self.finished_all = False
-
-    def act(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The live episodes' physics state, solver warmstart and controls for this step."""
-        rollout, live = self.rollout, self.live
-        actions = self.policy(self.obs[self.evaluated], self.step)
-        if self.evaluated.size != live.size:
-            actions = actions[np.searchsorted(self.evaluated, live)]
         # As the MJX env's clip(nan_to_num(a), -1, 1), without nan_to_num's slow infinities.
-        actions = np.clip(actions, -1.0, 1.0, out=actions)
+        actions = np.clip(actions, -1.0, 1.0)
         actions[np.isnan(actions)] = 0.0
-        if rollout.variant == "position":
-            self.ctrl = rollout._home_control32 + np.float32(rollout.action_scale) * actions
-        else:
-            self.ctrl = actions
-        self.start, self.start_warm = self.state[live], self.warmstart[live]
-        return self.start, self.start_warm, self.ctrl
+        actor = OpenLoopActor(actions)
+        return self._ant_play(actor, actions.shape[0], actions.shape[1], True, False)
 
-    def observe(self, out: Float[np.ndarray, "k substeps nstate"]) -> None:
-        """Take the physics' output for the step `act` prepared; update returns and the batch."""
-        rollout, live, step = self.rollout, self.live, self.step
-        start, start_warm, ctrl = self.start, self.start_warm, self.ctrl
-        nq, nv = rollout._nq, rollout._nv
-        new = out[:, -1]
-        # rollout() takes the solver's warmstart but does not return it. It is the last qacc,
-        # which the Euler step (eulerdamp off) turned into qvel += timestep * qacc, so it is
-        # recovered from the last two velocities (to float64 rounding).
-        before = out[:, -2] if rollout.n_substeps > 1 else start
-        qvel_slice = slice(1 + nq, 1 + nq + nv)
-        qacc = (new[:, qvel_slice] - before[:, qvel_slice]) / rollout.model.opt.timestep
-        finite = np.isfinite(new).all(axis=1) & np.isfinite(qacc).all(axis=1)
-        if not finite.all():
-            # Keep the last finite physics, as the MJX env does.
-            new = np.where(finite[:, None], new, start)
-            qacc = np.where(finite[:, None], qacc, start_warm)
-
-        qpos = new[:, 1 : 1 + nq].astype(np.float32)
-        qvel = new[:, qvel_slice].astype(np.float32)
-        velocity = _rotate_into_frame(qpos[:, 3:7], qvel[:, 0:3], np)
-        reward = np.where(finite, _tracking_reward(velocity[:, :2], np), np.float32(0.0))
-        done = _fallen(qpos[:, 2]) | ~finite | (step + 1 >= self.episode_limit[live])
-
-        self.state[live], self.warmstart[live] = new, qacc
-        running = ~self.finished[live]
-        counted = live[running]
-        self.obs[live] = _observation(qpos, qvel, ctrl, rollout._home_qpos32, np, velocity)
-        self.lengths[counted] += 1
-        self.returns[counted] += reward[running]
-        self.finished[counted] |= done[running]
-        if self.trajectory is not None:
-            self._record(step, counted, reward[running], done[running], new[running, 1 : 1 + nq])
-        self.step = step + 1
-        if self.finished.all() or self.step >= self.limit:
-            self.finished_all = True
-            if self.trajectory is not None:
-                self._record_tail()
-            return
-        if not rollout.drop_done:
-            return
-        self.live = live[~done]
-        # Re-gathering the parameters costs a copy of them; doing it only when the live batch
-        # has halved bounds the wasted policy evaluations to the same factor of two.
-        if 2 * self.live.size <= self.evaluated.size:
-            self.policy = self.policy.take(np.searchsorted(self.evaluated, self.live))
-            self.evaluated = self.live
-
-    def _record(self, step, counted, reward, done, qpos) -> None:
-        trajectory, rows = self.trajectory, self.rows
-        trajectory.rewards[rows][counted, step] = reward
-        trajectory.done[rows][counted, step] = done
-        observations, positions = trajectory.observations[rows], trajectory.qpos[rows]
-        observations[:, step + 1] = observations[:, step]
-        observations[counted, step + 1] = self.obs[counted]
-        positions[:, step + 1] = positions[:, step]
-        positions[counted, step + 1] = qpos
-
-    def _record_tail(self) -> None:
-        """Steps never taken (every episode ended early) repeat the final observations."""
-        step = self.step
-        for array in (self.trajectory.observations[self.rows], self.trajectory.qpos[self.rows]):
-            array[:, step + 1 :] = array[:, step : step + 1]
-
-
-class _Policy:
-    """``k`` stacked MLPs (NumPy float32 layers): each one's action at its observation."""
-
-    def __init__(self, layers, activation: Callable, final_activation: Callable):
-        self.layers, self.activation, self.final_activation = layers, activation, final_activation
-
-    def take(self, index: slice | Int[np.ndarray, " m"]) -> "_Policy":
-        layers = [(w[index], None if b is None else b[index]) for w, b in self.layers]
-        return _Policy(layers, self.activation, self.final_activation)
-
-    def __call__(self, obs: Float[np.ndarray, "k 34"], step: int) -> Float[np.ndarray, "k 8"]:
-        return _mlp_forward(self.layers, self.activation, self.final_activation, obs)
-
-
-class _OpenLoop:
-    """``k`` fixed action sequences: the action at each step, whatever the observation."""
-
-    def __init__(self, actions: Float[np.ndarray, "k steps 8"]):
-        self.actions = actions
-
-    def take(self, index: slice | Int[np.ndarray, " m"]) -> "_OpenLoop":
-        return _OpenLoop(self.actions[index])
-
-    def __call__(self, obs: Float[np.ndarray, "k 34"], step: int) -> Float[np.ndarray, "k 8"]:
-        return self.actions[:, step].copy()  # the caller clips it in place
+    def _ant_play(self, actor, num: int, max_steps, record: bool, moments: bool) -> tuple:
+        """`PhysicsPool.play` from the home reset, episodes capped to the horizon, in the
+        Ant's types: float32 returns and rewards, a `NativeTrajectory`."""
+        start = np.tile(self._home_state, (num, 1))
+        limit = np.minimum(np.broadcast_to(max_steps, (num,)), self.horizon)
+        outcome = self._play(actor, start, limit, record, moments)
+        outcome.returns = outcome.returns.astype(np.float32)
+        if record:
+            trajectory = outcome.trajectory
+            outcome.trajectory = NativeTrajectory(
+                observations=trajectory.observations,
+                qpos=trajectory.qpos,
+                rewards=trajectory.rewards.astype(np.float32),
+                done=trajectory.done,
+            )
+        return outcome.results()
 
 
 def _unpack_policy(
