@@ -42,15 +42,3 @@ def host_results(results: tuple[np.ndarray, ...], batch_shape: tuple[int, ...]) 
     return out + tuple(
         np.asarray(s).astype(np.float32).reshape(*batch_shape, s.shape[-1]) for s in sums
     )
-
-
-def recorded_observation_sums(
-    observations: np.ndarray, lengths: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per-episode float64 sums of the observations acted on and of their squares, from a
-    recorded trajectory's ``observations`` (episode, step, entry; index 0 the reset) and the
-    episode ``lengths``."""
-    acted = observations[:, : observations.shape[1] - 1].astype(np.float64)
-    counted = np.arange(acted.shape[1])[None, :, None] < np.asarray(lengths)[:, None, None]
-    acted = np.where(counted, acted, 0.0)
-    return acted.sum(1), (acted**2).sum(1)

@@ -18,12 +18,7 @@ import numpy as np
 from jaxtyping import Array, PRNGKeyArray, PyTree, UInt32
 
 from nfn_rl.envs._batched import unpack_mlp
-from nfn_rl.envs._callback import (
-    episode_shapes,
-    flatten_batch,
-    host_results,
-    recorded_observation_sums,
-)
+from nfn_rl.envs._callback import episode_shapes, flatten_batch, host_results
 from nfn_rl.envs._gym_tasks import NATIVE_GYMNASIUM_TASKS, NativeGymnasiumRollout
 from nfn_rl.envs._protocol import Environment, EnvState
 
@@ -247,18 +242,9 @@ class GymnasiumEnv(Environment):
             flat, batch_shape = flatten_batch(params, ndims)
             seeds = seeds_of(np.asarray(key_data).reshape(-1, 2))
             with one_at_a_time, self.rollout() as host:
-                if not observation_sums:
-                    results = host.episode_lengths_and_returns(flat, static, seeds, self.horizon)
-                elif isinstance(host, GymnasiumVectorRollout):
-                    results = host.episode_lengths_and_returns(
-                        flat, static, seeds, self.horizon, moments=True
-                    )
-                else:
-                    lengths, returns, trajectory = host.episode_lengths_and_returns(
-                        flat, static, seeds, self.horizon, record=True
-                    )
-                    sums = recorded_observation_sums(trajectory.observations, lengths)
-                    results = (lengths, returns, *sums)
+                results = host.episode_lengths_and_returns(
+                    flat, static, seeds, self.horizon, moments=observation_sums
+                )
             return host_results(results, batch_shape)
 
         shapes = episode_shapes(self.observation_size, observation_sums)

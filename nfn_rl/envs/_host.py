@@ -9,12 +9,7 @@ import numpy as np
 from jaxtyping import Array, Bool, Float
 
 from nfn_rl.envs._ant import Ant
-from nfn_rl.envs._callback import (
-    episode_shapes,
-    flatten_batch,
-    host_results,
-    recorded_observation_sums,
-)
+from nfn_rl.envs._callback import episode_shapes, flatten_batch, host_results
 from nfn_rl.envs._native import NativeAntRollout
 
 
@@ -63,14 +58,9 @@ class NativeAnt(Ant):
         def host(params):
             flat, batch_shape = flatten_batch(params, ndims)
             with one_at_a_time, self.rollout() as rollout:
-                if observation_sums:
-                    lengths, returns, trajectory = rollout.episode_lengths_and_returns(
-                        flat, static, record=True
-                    )
-                    sums = recorded_observation_sums(trajectory.observations, lengths)
-                    results = (lengths, returns, *sums)
-                else:
-                    results = rollout.episode_lengths_and_returns(flat, static)
+                results = rollout.episode_lengths_and_returns(
+                    flat, static, moments=observation_sums
+                )
             return host_results(results, batch_shape)
 
         shapes = episode_shapes(self.observation_size, observation_sums)
