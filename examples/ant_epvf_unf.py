@@ -1,6 +1,6 @@
 """The main job: EPVF with a UNF critic on the custom Ant (native MuJoCo on a CPU, MJX otherwise).
 
-    python examples/ant_epvf_unf.py                      # CPU-sized default (~9 min on 2 cores)
+    python examples/ant_epvf_unf.py                      # CPU-sized default (~3 min on 2 cores)
     python examples/ant_epvf_unf.py --preset paper       # the paper's scale, for a GPU
     python examples/ant_epvf_unf.py --critic flat --num-envs 512 --out runs/ant_flat
     python examples/ant_epvf_unf.py --seeds 3            # seeds 0, 1, 2 in one program
@@ -35,7 +35,7 @@ class Args:
     """EPVF on the custom Ant.
 
     Attributes:
-        preset: starting config: "smoke" (< 1 min, a test), "cpu" (about 9 min on 2 cores),
+        preset: starting config: "smoke" (< 1 min, a test), "cpu" (about 3 min on 2 cores),
             "paper" (GPU).
         critic: starting config's critic reading the policy's parameters.
         ablation: starting config's change to the paper's recipe (default: the best setup).
