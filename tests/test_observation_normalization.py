@@ -270,7 +270,7 @@ def test_native_gymnasium_sums_match_gymnasiums_own_loop():
         )
         static = eqx.filter(make_policy(env, 8, 1, key=keys[0]), eqx.is_array, inverse=True)
         summaries.append(
-            jax.vmap(lambda p, k, e=env: episode_summary(e, eqx.combine(p, static), k))(
+            jax.vmap(lambda p, k, e=env, s=static: episode_summary(e, eqx.combine(p, s), k))(
                 policies, keys
             )
         )
