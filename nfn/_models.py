@@ -57,16 +57,19 @@ def _dropout_keys(
     return list(jax.random.split(key, count))
 
 
-def _hidden_block(layer, norm, activation, dropout: float, features, key, attention=None):
-    """`layer -> (norm) -> activation -> (dropout, when a key is given) -> (x + attention(x))`."""
-    features = layer(features)
-    if norm is not None:
-        features = norm(features)
-    features = jax.tree_util.tree_map(activation, features)
-    if key is not None:
-        features = FeatureDropout(dropout)(features, key=key)
-    if attention is not None:
-        features = jax.tree_util.tree_map(jnp.add, features, attention(features))
+def _hidden_blocks(layers, norms, attentions, activation, dropout: float, features, keys):
+    """Each of ``layers`` in turn as a hidden block, `layer -> (norm) -> activation -> (dropout,
+    when its key is not None) -> (x + attention(x))`, with the norms and attentions of the same
+    index (where there are any)."""
+    for k, (layer, key) in enumerate(zip(layers, keys)):
+        features = layer(features)
+        if norms is not None:
+            features = norms[k](features)
+        features = jax.tree_util.tree_map(activation, features)
+        if key is not None:
+            features = FeatureDropout(dropout)(features, key=key)
+        if attentions is not None:
+            features = jax.tree_util.tree_map(jnp.add, features, attentions[k](features))
     return features
 
 
@@ -150,12 +153,9 @@ class EquivariantNetwork(eqx.Module):
         inference = self.inference if inference is None else inference
         hidden = self.layers[:-1]
         keys = _dropout_keys(self.dropout, inference, key, len(hidden))
-        for k, (layer, dropout_key) in enumerate(zip(hidden, keys)):
-            norm = None if self.norms is None else self.norms[k]
-            attention = None if self.attentions is None else self.attentions[k]
-            features = _hidden_block(
-                layer, norm, self.activation, self.dropout, features, dropout_key, attention
-            )
+        features = _hidden_blocks(
+            hidden, self.norms, self.attentions, self.activation, self.dropout, features, keys
+        )
         return self.layers[-1](features)
 
     def with_space(self, space: WeightSpace) -> "EquivariantNetwork":
@@ -269,12 +269,15 @@ class InvariantEncoder(eqx.Module):
         """Encode one network's features; `key` is needed when dropout is active."""
         inference = self.inference if inference is None else inference
         keys = _dropout_keys(self.dropout, inference, key, len(self.equivariant) + len(self.head))
-        for k, layer in enumerate(self.equivariant):
-            norm = None if self.norms is None else self.norms[k]
-            attention = None if self.attentions is None else self.attentions[k]
-            features = _hidden_block(
-                layer, norm, self.activation, self.dropout, features, keys[k], attention
-            )
+        features = _hidden_blocks(
+            self.equivariant,
+            self.norms,
+            self.attentions,
+            self.activation,
+            self.dropout,
+            features,
+            keys[: len(self.equivariant)],
+        )
         x = self.activation(self.invariant(features))
         last = len(self.head) - 1
         for k, (layer, dropout_key) in enumerate(zip(self.head, keys[len(self.equivariant) :])):

@@ -155,29 +155,35 @@ def output_std(tree):
     return float(np.std(np.concatenate([np.ravel(v) for v in jax.tree.leaves(tree)])))
 
 
+def _assert_equivariant_and_invariant(space, sizes, equivariant, invariant, *, seed: int):
+    """`equivariant` commutes with a random hidden-neuron permutation of `space` and `invariant`
+    ignores it (two-channel features drawn with `seed`, the permutation with `seed + 1`); both
+    outputs are nonzero, and unit-variance inputs give equivariant outputs of order one."""
+    x = features_of(space, 2, seed=seed)
+    perm = host_permutation(sizes, seed=seed + 1)
+
+    @eqx.filter_jit
+    def run(equivariant, invariant, x, perm):
+        return (
+            _equivariance_pair(equivariant, space, space, x, perm),
+            _equivariance_pair(invariant, space, None, x, perm),
+        )
+
+    equi, inv = run(equivariant, invariant, x, perm)
+    for a, b in (equi, inv):
+        assert max_abs(a) > 0
+        assert_trees_close(a, b, 1e-5)
+    assert 0.1 < output_std(equi[0]) < 10
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_linear_layers_on_hand_made_spaces(case):
     spec, sizes = CASES[case]
     space, _ = space_of(spec, sizes)
     keys = jax.random.split(jax.random.key(len(case)), 2)
-    x = features_of(space, 2, seed=1)
-    perm = host_permutation(sizes, seed=2)
     layer = nfn.EquivariantLinear(space, 2, 3, key=keys[0])
     invariant = nfn.InvariantLinear(space, 2, 5, key=keys[1])
-
-    @eqx.filter_jit
-    def run(layer, invariant, x, perm):
-        return (
-            _equivariance_pair(layer, space, space, x, perm),
-            _equivariance_pair(invariant, space, None, x, perm),
-        )
-
-    equi, inv = run(layer, invariant, x, perm)
-    for a, b in (equi, inv):
-        assert max_abs(a) > 0
-        assert_trees_close(a, b, 1e-5)
-    # Init scale: unit-variance inputs give outputs of order one.
-    assert 0.1 < output_std(equi[0]) < 10
+    _assert_equivariant_and_invariant(space, sizes, layer, invariant, seed=1)
 
 
 @pytest.mark.parametrize("case", MODEL_CASES)
@@ -185,8 +191,6 @@ def test_models_on_hand_made_spaces(case):
     spec, sizes = CASES[case]
     space, _ = space_of(spec, sizes)
     keys = jax.random.split(jax.random.key(len(case)), 2)
-    x = features_of(space, 2, seed=3)
-    perm = host_permutation(sizes, seed=4)
     network = nfn.EquivariantNetwork(space, 2, 4, 3, depth=2, key=keys[0])
     encoder = nfn.InvariantEncoder(
         space,
@@ -198,19 +202,7 @@ def test_models_on_hand_made_spaces(case):
         head_sizes=(8,),
         key=keys[1],
     )
-
-    @eqx.filter_jit
-    def run(network, encoder, x, perm):
-        return (
-            _equivariance_pair(network, space, space, x, perm),
-            _equivariance_pair(encoder, space, None, x, perm),
-        )
-
-    equi, inv = run(network, encoder, x, perm)
-    for a, b in (equi, inv):
-        assert max_abs(a) > 0
-        assert_trees_close(a, b, 1e-5)
-    assert 0.1 < output_std(equi[0]) < 10
+    _assert_equivariant_and_invariant(space, sizes, network, encoder, seed=3)
 
 
 def test_equivariant_linear_between_different_spaces():

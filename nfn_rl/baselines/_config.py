@@ -3,7 +3,7 @@
 import dataclasses
 from typing import ClassVar
 
-from nfn_rl.run._config import TrainConfig, check_bool, check_float, check_int, fail
+from nfn_rl.run._config import TrainConfig, check_fields, check_int, fail
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,16 +39,14 @@ class BaselineConfig(TrainConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        owner = type(self).__name__
-        for name in self._positive_ints():
-            check_int(owner, name, getattr(self, name), minimum=1)
-        for name in ("policy_depth", "value_depth"):
-            check_int(owner, name, getattr(self, name), minimum=0)
-        for name in self._positive_floats():
-            check_float(owner, name, getattr(self, name), positive=True)
-        for name in self._unit_floats():
-            check_float(owner, name, getattr(self, name), positive=False, maximum=1.0)
-        check_bool(owner, "normalize_observations", self.normalize_observations)
+        check_fields(
+            self,
+            positive_ints=self._positive_ints(),
+            counts=("policy_depth", "value_depth"),
+            positive=self._positive_floats(),
+            fractions=self._unit_floats(),
+            bools=("normalize_observations",),
+        )
 
     def _positive_ints(self) -> tuple[str, ...]:
         return ("num_envs", "unroll_length", "policy_width", "value_width")

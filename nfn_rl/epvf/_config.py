@@ -5,7 +5,7 @@ from typing import ClassVar
 
 from nfn_rl.epvf._critics import critic_names, critic_options
 from nfn_rl.population import SHAPINGS, PerturbationConfig
-from nfn_rl.run._config import check_bool, check_choice, check_float, check_int, fail
+from nfn_rl.run._config import check_choice, check_fields, fail
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,26 +90,22 @@ class EPVFConfig(PerturbationConfig):
         owner = "EPVFConfig"
         check_choice(owner, "critic", self.critic, critic_names())
         check_choice(owner, "critic_targets", self.critic_targets, SHAPINGS)
-        positive_ints = (
-            "batch_size",
-            "buffer_size",
-            "critic_steps",
-            "critic_width",
-            "probing_states",
-            "unf_channels",
-            "unf_depth",
-            "unf_features",
+        check_fields(
+            self,
+            positive_ints=(
+                "batch_size",
+                "buffer_size",
+                "critic_steps",
+                "critic_width",
+                "probing_states",
+                "unf_channels",
+                "unf_depth",
+                "unf_features",
+            ),
+            counts=("policy_steps", "critic_depth"),
+            positive=("critic_lr",) + (() if self.critic_ridge is None else ("critic_ridge",)),
+            bools=("multiple_policies", "unf_layer_norm", "canonicalize"),
         )
-        for name in positive_ints:
-            check_int(owner, name, getattr(self, name), minimum=1)
-        for name in ("policy_steps", "critic_depth"):
-            check_int(owner, name, getattr(self, name), minimum=0)
-        check_float(owner, "critic_lr", self.critic_lr, positive=True)
-        if self.critic_ridge is not None:
-            check_float(owner, "critic_ridge", self.critic_ridge, positive=True)
-        check_bool(owner, "multiple_policies", self.multiple_policies)
-        check_bool(owner, "unf_layer_norm", self.unf_layer_norm)
-        check_bool(owner, "canonicalize", self.canonicalize)
         if self.canonicalize and "canonicalize" not in critic_options(self.critic):
             fail(
                 owner,

@@ -33,6 +33,33 @@ def check_bool(owner: str, name: str, value: Any):
         fail(owner, name, f"must be a bool, got {value!r}")
 
 
+def check_fields(
+    config: Any,
+    *,
+    positive_ints: tuple[str, ...] = (),
+    counts: tuple[str, ...] = (),
+    positive: tuple[str, ...] = (),
+    fractions: tuple[str, ...] = (),
+    bools: tuple[str, ...] = (),
+):
+    """Check the named fields of ``config`` in this order: integers >= 1 (``positive_ints``),
+    integers >= 0 (``counts``), finite numbers > 0 (``positive``) and in [0, 1] (``fractions``),
+    bools; the error names the class and the field."""
+    owner = type(config).__name__
+    for names, check in (
+        (positive_ints, lambda name, value: check_int(owner, name, value, minimum=1)),
+        (counts, lambda name, value: check_int(owner, name, value, minimum=0)),
+        (positive, lambda name, value: check_float(owner, name, value, positive=True)),
+        (
+            fractions,
+            lambda name, value: check_float(owner, name, value, positive=False, maximum=1.0),
+        ),
+        (bools, lambda name, value: check_bool(owner, name, value)),
+    ):
+        for name in names:
+            check(name, getattr(config, name))
+
+
 def check_choice(owner: str, name: str, value: Any, choices: tuple[str, ...]):
     if value not in choices:
         fail(owner, name, f"must be one of {', '.join(map(repr, choices))}; got {value!r}")
@@ -77,14 +104,16 @@ class TrainConfig:
             )
         if self.horizon is not None:
             check_int(owner, "horizon", self.horizon, minimum=1)
-        for name in (
-            "iterations",
-            "eval_interval",
-            "eval_episodes",
-            "log_interval",
-            "checkpoint_interval",
-        ):
-            check_int(owner, name, getattr(self, name), minimum=1)
+        check_fields(
+            self,
+            positive_ints=(
+                "iterations",
+                "eval_interval",
+                "eval_episodes",
+                "log_interval",
+                "checkpoint_interval",
+            ),
+        )
         if self.iterations % self.log_interval:
             fail(owner, "iterations", f"must be a multiple of log_interval={self.log_interval}")
         if self.checkpoint_interval % self.log_interval:
