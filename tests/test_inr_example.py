@@ -4,12 +4,20 @@ import re
 
 from example_runner import run_example
 
-MODELS = ("flat MLP", "flat MLP + aug", "statistics", "UNF NP", "UNF HNP")
+MODELS = (
+    "flat MLP",
+    "flat MLP + aug",
+    "statistics",
+    "UNF NP",
+    "UNF HNP",
+    "UNF HNP + attention",
+    "UNF HNP + canon",
+)
 
 
 def test_inr_classification_quick():
     out = run_example("inr_classification.py", "--quick")
-    assert "fitted 384 SIRENs" in out
+    assert "fitted 300 SIRENs (28x28, width 32, omega0 30, independent init)" in out
     for model in (*MODELS, "pixels MLP (not weights)"):
         rows = [line for line in out.splitlines() if line.startswith(f"| {model} |")]
         assert len(rows) == 1 and len(rows[0].split("|")) == 8, out

@@ -1,6 +1,6 @@
-"""An offline model zoo for weight-space research: small CNNs trained on scikit-learn's digits
-(needs the `zoo` extra, `pip install -e ".[zoo]"`, to generate; not to load), and loaders for
-published zoo layouts.
+"""An offline model zoo for weight-space research: small CNNs trained on scikit-learn's digits,
+28x28 digit images made from them and SIRENs fitted to images (needs the `zoo` extra, `pip
+install -e ".[zoo]"`, to generate; not to load), and loaders for published zoo layouts.
 """
 
 from nfn.zoo._cnn import ACTIVATIONS as ACTIVATIONS
@@ -15,10 +15,13 @@ from nfn.zoo._format import save_zoo as save_zoo
 from nfn.zoo._generate import HPARAMS as HPARAMS
 from nfn.zoo._generate import ZooConfig as ZooConfig
 from nfn.zoo._generate import load_digits_split as load_digits_split
+from nfn.zoo._images import AffineDigitsConfig as AffineDigitsConfig
+from nfn.zoo._images import affine_digits as affine_digits
 from nfn.zoo._inr import OFFSET as OFFSET
 from nfn.zoo._inr import decode as decode
 from nfn.zoo._inr import fit_sirens as fit_sirens
 from nfn.zoo._inr import pixel_grid as pixel_grid
+from nfn.zoo._inr import psnr as psnr
 from nfn.zoo._inr import siren as siren
 from nfn.zoo._published import PooledCNN as PooledCNN
 from nfn.zoo._published import load_inr_splits as load_inr_splits
