@@ -35,7 +35,7 @@ def _summaries(episodes: list[np.ndarray]) -> EpisodeSummary:
     )
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(
     lengths=st.lists(st.lists(st.integers(0, 12), min_size=1, max_size=4), min_size=1, max_size=4),
     seed=st.integers(0, 2**16),
@@ -69,7 +69,7 @@ def test_episodes_left_out_do_not_count():
     np.testing.assert_allclose(kept.std, alone.std, rtol=1e-6)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=10, deadline=None)
 @given(
     mean=hnp.arrays(np.float32, OBS, elements=st.floats(-5, 5, width=32)),
     log_std=hnp.arrays(np.float32, OBS, elements=st.floats(-3, 2, width=32)),
