@@ -46,7 +46,8 @@ def episode_summary(env: Environment, policy: Callable, key: PRNGKeyArray) -> Ep
     if isinstance(env, GymnasiumEnv):
         return EpisodeSummary(*env.episode(policy, key, observation_sums=True))
 
-    def step(summary: EpisodeSummary, state: EnvState, _):
+    def step(carry: tuple[EpisodeSummary, EnvState], _):
+        summary, state = carry
         nxt = env.step(state, policy_action(env, policy, state.obs))
         live = ~state.done
         # `where`, not multiplication: rewards after the end may be NaN and must not leak in.
@@ -61,9 +62,7 @@ def episode_summary(env: Environment, policy: Callable, key: PRNGKeyArray) -> Ep
 
     zeros = jnp.zeros(env.observation_size)
     init = EpisodeSummary(jnp.zeros((), jnp.int32), jnp.zeros(()), zeros, zeros)
-    (summary, _), _ = jax.lax.scan(
-        lambda carry, x: step(*carry, x), (init, env.reset(key)), None, length=env.horizon
-    )
+    (summary, _), _ = jax.lax.scan(step, (init, env.reset(key)), None, length=env.horizon)
     return summary
 
 
