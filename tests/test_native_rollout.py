@@ -29,7 +29,9 @@ import pytest
 
 from nfn_rl import make_policy, perturb_population
 from nfn_rl.envs import Ant, NativeAntRollout, NativeTrajectory
-from nfn_rl.envs._native import _MIN_OVERLAP_EPISODES, _mlp_forward, _unpack_policy
+from nfn_rl.envs._batched import MIN_OVERLAP_EPISODES as _MIN_OVERLAP_EPISODES
+from nfn_rl.envs._batched import mlp_forward as _mlp_forward
+from nfn_rl.envs._native import _unpack_policy
 
 HORIZON = 50
 POLICIES = 128
@@ -268,7 +270,7 @@ def test_concurrent_calls_return_the_sequential_results():
 def test_no_physics_call_outlives_a_call_that_raises(monkeypatch, error):
     import time
 
-    from nfn_rl.envs import _native
+    from nfn_rl.envs import _batched
 
     env = Ant("torque", horizon=10)
     params, static = _population(env, _MIN_OVERLAP_EPISODES)
@@ -288,7 +290,7 @@ def test_no_physics_call_outlives_a_call_that_raises(monkeypatch, error):
 
         native._step_physics = slow_step_physics
         with monkeypatch.context() as patch:
-            patch.setattr(_native._EpisodeBatch, "observe", observe)
+            patch.setattr(_batched.EpisodeBatch, "observe", observe)
             with pytest.raises(error, match="stop"):
                 native.episode_lengths_and_returns(params, static)
             returned = time.monotonic()

@@ -44,13 +44,7 @@ from jaxtyping import Bool, Float, Int, PyTree
 
 from nfn_rl.envs._ant import Ant, _fallen, _load_mj_model, _observation, _rotate_into_frame
 from nfn_rl.envs._ant import tracking_reward as _tracking_reward
-from nfn_rl.envs._batched import MIN_OVERLAP_EPISODES as _MIN_OVERLAP_EPISODES  # noqa: F401
 from nfn_rl.envs._batched import BatchedTask, MLPActor, OpenLoopActor, PhysicsPool, mlp_layers
-from nfn_rl.envs._batched import EpisodeBatch as _EpisodeBatch  # noqa: F401
-from nfn_rl.envs._batched import mlp_forward as _mlp_forward  # noqa: F401
-
-# The three names above marked noqa are the shared machinery under the names the tests of this
-# module patch and import.
 
 
 class NativeTrajectory(eqx.Module):
