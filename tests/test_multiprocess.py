@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import test_multidevice
 
-# The run of tests/test_multidevice.py, with a checkpoint halfway (the resume starts there).
+# test_multidevice's small EPVF run, with a checkpoint halfway (the resume starts there).
 CONFIG = {**test_multidevice.CONFIG, "checkpoint_interval": 3}
 SEED = 3
 HALFWAY = 3
@@ -69,10 +69,13 @@ def _script(mode: str, out_dir: str) -> None:
         config, seed=SEED, out_dir=out / "run", progress=False, resume=mode == "resume",
         on_chunk=keep_halfway,
     )  # fmt: skip
+    leaves = jax.tree.leaves(state)
     result = {
         **test_multidevice.trained_run_facts(nfn_rl, config, trainer, state, out / "run"),
         "processes": jax.process_count(),
         "devices": jax.device_count(),
+        "state_devices": sorted({len(x.sharding.device_set) for x in leaves}),
+        "state_replicated": all(x.sharding.is_fully_replicated for x in leaves),
     }
     if nfn_rl.is_main_process():
         print(json.dumps(result))
@@ -124,10 +127,16 @@ def test_two_processes_match_two_devices_and_one_and_resume_on_other_counts(tmp_
     processes, devices, one = results["processes"], results["devices"], results["one"]
     assert (processes["processes"], processes["devices"]) == (2, 2)
     assert (devices["processes"], devices["devices"]) == (1, 2)
-    # Each process rolled out its own 4 of the 8 perturbed policies.
-    assert processes["returns_devices"] == 2
+    assert (one["processes"], one["devices"]) == (1, 1)
+    # The 8 rollouts of an iteration: each process rolled out its own 4, and on 1 process with
+    # 2 devices each device 4.
+    assert processes["returns_devices"] == devices["returns_devices"] == 2
     assert processes["returns_shards"] == [[4]]
     assert devices["returns_shards"] == [[4], [4]]
+    assert one["returns_shards"] == [[8]]
+    # The state stays whole on every device between chunks.
+    for run in (processes, devices):
+        assert run["state_devices"] == [2] and run["state_replicated"]
     # One run id, and only process 0 wrote: one header and one row per iteration.
     assert len(processes["run_ids"]) == 1
     lines = (root / "processes" / "run" / "metrics.csv").read_text().splitlines()
@@ -140,12 +149,15 @@ def test_two_processes_match_two_devices_and_one_and_resume_on_other_counts(tmp_
     ]
     error = processes["num_envs_9_error"]
     assert "num_envs=9" in error and "(2) over 2 processes" in error
+    assert "num_envs=9" in devices["num_envs_9_error"] and "(2)" in devices["num_envs_9_error"]
+    assert one["num_envs_9_error"] is None
 
     # 2 processes run the program of 1 process with 2 devices, with the cross-device sums
-    # through Gloo: measured bitwise equal on this CPU (rtol 0). Against 1 device the critic's
-    # gradient is summed in two parts first: the critic losses moved by at most 1.4e-7
-    # relative (measured; every other column was equal), and 1e-5 leaves room for that to
-    # grow; a rollout that changed would move a return by a whole step.
+    # through Gloo: measured bitwise equal on this CPU (rtol 0). Random numbers do not depend
+    # on the sharding (threefry is partitionable), so against 1 device the runs differ only in
+    # float32 rounding: the critic's gradient is summed in two parts first. The critic losses
+    # moved by at most 1.4e-7 relative (measured; every other column was equal), and 1e-5
+    # leaves room for that to grow; a rollout that changed would move a return by a whole step.
     _assert_close(processes["metrics"], devices["metrics"], rtol=0)
     _assert_close(processes["metrics"], one["metrics"], rtol=1e-5)
 
