@@ -1,5 +1,5 @@
 """What the example scripts share: every config field on the command line over a preset's
-defaults, and the closing report of a run."""
+defaults, the training of a script's seeds, and the closing report of a run."""
 
 import argparse
 import dataclasses
@@ -72,6 +72,48 @@ def run(main: Callable[[], None]) -> None:
         raise SystemExit(f"error: {error} (--debug shows the traceback)") from None
 
 
+@dataclasses.dataclass(frozen=True)
+class RunFlags:
+    """The flags of a script that trains the seeds of one config into a run directory; the
+    script's own flags subclass it and add `config`.
+
+    Attributes:
+        seed: the first seed.
+        seeds: how many seeds to train (seed, seed + 1, ...), in one compiled program; each
+            gets OUT/seed_<s> when there is more than one.
+        out: run directory.
+        resume: continue the run(s) in OUT from their checkpoints.
+        overwrite: start over in OUT, moving a run there into OUT/replaced_<time>/.
+        evaluate: don't train: load OUT's checkpoint(s) and report the policies' returns.
+        progress: show a progress bar.
+    """
+
+    seed: int = 0
+    seeds: int = 1
+    out: Path | None = None
+    resume: bool = False
+    overwrite: bool = False
+    evaluate: bool = False
+    progress: bool = True
+
+
+def train(args: RunFlags, out: Path, **options) -> None:
+    """Train `args.config` for `args.seeds` seeds from `args.seed` into `out`, resuming or
+    overwriting as the flags say, unless `--evaluate` (the run in `out` is then only
+    reported). `options` go to `nfn_rl.train_seeds` as they are."""
+    if args.evaluate:
+        return
+    nfn_rl.train_seeds(
+        args.config,
+        seeds=range(args.seed, args.seed + args.seeds),
+        out_dir=out,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        progress=args.progress,
+        **options,
+    )
+
+
 def seed_runs(out: Path) -> list[Path]:
     """The run directories under `out`: `out` itself, or its `seed_<s>` folders by seed."""
     if (out / "checkpoint.eqx").is_file():
@@ -106,6 +148,12 @@ def report(out: Path, *, start: float) -> None:
             f"(iteration {header['iteration']} of {trainer.config.iterations}); "
             f"{time.perf_counter() - start:.0f} s in this process; run in {run}"
         )
+
+
+@eqx.filter_jit
+def episode_returns(env, policy, keys):
+    """One episode of `policy` per key (`nfn_rl.episode_return`), in one compiled call."""
+    return jax.vmap(lambda k: nfn_rl.episode_return(env, policy, k))(keys)
 
 
 @eqx.filter_jit

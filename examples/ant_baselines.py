@@ -23,7 +23,7 @@ from nfn_rl import baselines
 
 
 @dataclasses.dataclass(frozen=True)
-class Args:
+class Args(_cli.RunFlags):
     """A PPO, SAC or ES baseline on the Ant.
 
     Attributes:
@@ -32,25 +32,13 @@ class Args:
         preset: starting config: "smoke" (< 1 min, a test), "cpu" (about 5 min on 2 cores),
             "paper" (GPU).
         config: every hyperparameter of the algorithm, starting from the preset.
-        seed: the first seed.
-        seeds: how many seeds to train (seed, seed + 1, ...), in one compiled program.
         out: run directory; default runs/ant_<algo>.
-        resume: continue the run(s) in OUT from their checkpoints.
-        overwrite: start over in OUT, moving a run there into OUT/replaced_<time>/.
-        evaluate: don't train: load OUT's checkpoint(s) and report the policy's return.
-        progress: show a progress bar.
     """
 
     algo: Literal["ppo", "sac", "es"] = "ppo"
     preset: Literal["smoke", "cpu", "paper"] = "cpu"
     config: baselines.BaselineConfig | baselines.ESConfig = baselines.PPOConfig()
-    seed: int = 0
-    seeds: int = 1
     out: Path | None = None
-    resume: bool = False
-    overwrite: bool = False
-    evaluate: bool = False
-    progress: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,15 +72,7 @@ def default_args(algo: str, preset: str) -> Args:
 def main(args: Args) -> None:
     start = time.perf_counter()
     out = args.out or Path(f"runs/ant_{args.algo}")
-    if not args.evaluate:
-        nfn_rl.train_seeds(
-            args.config,
-            seeds=range(args.seed, args.seed + args.seeds),
-            out_dir=out,
-            resume=args.resume,
-            overwrite=args.overwrite,
-            progress=args.progress,
-        )
+    _cli.train(args, out)
     _cli.report(out, start=start)
 
 

@@ -31,7 +31,7 @@ from nfn_rl import envs  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
-class Args:
+class Args(_cli.RunFlags):
     """EPVF on the custom Ant.
 
     Attributes:
@@ -43,16 +43,9 @@ class Args:
             its batch and buffer (None: the preset's). `--config.num-envs` changes only the
             environments.
         config: every EPVF hyperparameter, starting from the preset, critic and ablation.
-        seed: the first seed.
-        seeds: how many seeds to train (seed, seed + 1, ...), in one compiled program; each
-            gets OUT/seed_<s> when there is more than one.
         out: run directory.
-        resume: continue the run(s) in OUT from their checkpoints.
         allow_backend_change: with --resume, continue on this machine's simulator even where
             the run used the other one (native MuJoCo or MJX); refused otherwise.
-        overwrite: start over in OUT, moving a run there into OUT/replaced_<time>/.
-        evaluate: don't train: load OUT's checkpoint(s) and report the policy's return.
-        progress: show a progress bar.
     """
 
     preset: Literal["smoke", "cpu", "paper"] = "cpu"
@@ -60,14 +53,8 @@ class Args:
     ablation: str = "best"
     num_envs: int | None = None
     config: nfn_rl.EPVFConfig = nfn_rl.EPVFConfig()
-    seed: int = 0
-    seeds: int = 1
     out: Path = Path("runs/ant_epvf_unf")
-    resume: bool = False
     allow_backend_change: bool = False
-    overwrite: bool = False
-    evaluate: bool = False
-    progress: bool = True
 
 
 def default_args(preset: str, critic: str, ablation: str, num_envs: str | None) -> Args:
@@ -78,16 +65,7 @@ def default_args(preset: str, critic: str, ablation: str, num_envs: str | None) 
 
 def main(args: Args) -> None:
     start = time.perf_counter()
-    if not args.evaluate:
-        nfn_rl.train_seeds(
-            args.config,
-            seeds=range(args.seed, args.seed + args.seeds),
-            out_dir=args.out,
-            resume=args.resume,
-            overwrite=args.overwrite,
-            progress=args.progress,
-            allow_backend_change=args.allow_backend_change,
-        )
+    _cli.train(args, args.out, allow_backend_change=args.allow_backend_change)
     _cli.report(args.out, start=start)
     for run in _cli.seed_runs(args.out):
         save_pictures(run)

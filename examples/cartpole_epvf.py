@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import _cli
-import equinox as eqx
 import jax
 import tyro
 
@@ -53,17 +52,12 @@ def main(
     keys = jax.random.split(jax.random.key(12345), 100)
     for index in range(seeds):
         policy = trainer.policy(jax.tree.map(lambda x, i=index: x[i], states))
-        returns = _returns(trainer.env, policy, keys)
+        returns = _cli.episode_returns(trainer.env, policy, keys)
         print(
             f"seed {seed + index}: final policy's mean return {float(returns.mean()):.1f} over "
             f"100 episodes (max {trainer.env.max_return:.0f}); "
             f"{time.perf_counter() - start:.1f} s; run in {dirs[index]}"
         )
-
-
-@eqx.filter_jit
-def _returns(env, policy, keys):
-    return jax.vmap(lambda k: nfn_rl.episode_return(env, policy, k))(keys)
 
 
 if __name__ == "__main__":

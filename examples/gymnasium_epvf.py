@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import _cli
-import equinox as eqx
 import jax
 import numpy as np
 
@@ -70,30 +69,18 @@ EVAL_EPISODES = 20
 
 
 @dataclasses.dataclass(frozen=True)
-class Args:
+class Args(_cli.RunFlags):
     """EPVF on a Gymnasium task.
 
     Attributes:
         env: the Gymnasium id; chooses the starting config.
         config: every EPVF hyperparameter, starting from the task's defaults.
-        seed: the first seed.
-        seeds: how many seeds to train (seed, seed + 1, ...), in one compiled program.
         out: run directory (None: runs/gymnasium_epvf/<env>).
-        resume: continue the run(s) in OUT from their checkpoints.
-        overwrite: start over in OUT, moving a run there into OUT/replaced_<time>/.
-        evaluate: don't train: load OUT's checkpoint(s) and report the policies' returns.
-        progress: show a progress bar.
     """
 
     env: str = "Swimmer-v5"
     config: nfn_rl.EPVFConfig = nfn_rl.EPVFConfig()
-    seed: int = 0
-    seeds: int = 1
     out: Path | None = None
-    resume: bool = False
-    overwrite: bool = False
-    evaluate: bool = False
-    progress: bool = True
 
 
 def default_args(env: str) -> Args:
@@ -108,19 +95,11 @@ def main(args: Args) -> None:
         raise ValueError("--evaluate needs --out, the run directory to report")
     out = args.out or Path("runs/gymnasium_epvf") / args.env
     start = time.perf_counter()
-    if not args.evaluate:
-        nfn_rl.train_seeds(
-            args.config,
-            seeds=range(args.seed, args.seed + args.seeds),
-            out_dir=out,
-            resume=args.resume,
-            overwrite=args.overwrite,
-            progress=args.progress,
-        )
+    _cli.train(args, out)
     for run in _cli.seed_runs(out):
         trainer, state, header = nfn_rl.load_run(run)
         keys = jax.random.split(jax.random.key(2**31 - 1), EVAL_EPISODES)
-        returns = np.asarray(_returns(trainer.env, trainer.policy(state), keys))
+        returns = np.asarray(_cli.episode_returns(trainer.env, trainer.policy(state), keys))
         threshold = trainer.env.reward_threshold
         verdict = "" if threshold is None else f" (threshold {threshold:g}: "
         if threshold is not None:
@@ -131,11 +110,6 @@ def main(args: Args) -> None:
             f"(iteration {header['iteration']} of {trainer.config.iterations}); "
             f"{time.perf_counter() - start:.0f} s in this process; run in {run}"
         )
-
-
-@eqx.filter_jit
-def _returns(env, policy, keys):
-    return jax.vmap(lambda k: nfn_rl.episode_return(env, policy, k))(keys)
 
 
 if __name__ == "__main__":

@@ -10,11 +10,13 @@ from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
 from nfn._basis import (
     LETTERS,
+    check_positive_ints,
     default_float,
     expand_partition,
     fold_features,
     normal_arrays,
     unfold,
+    with_parameters,
 )
 from nfn._partitions import Partition
 from nfn._spec import LeafSpace, WeightSpace
@@ -135,14 +137,9 @@ class EquivariantAttention(eqx.Module):
         - `dtype`: parameter dtype (default: JAX's default float).
         - `key`: PRNG key for the initialisation.
         """
-        for name, value in [
-            ("in_channels", in_channels),
-            ("out_channels", out_channels),
-            ("heads", heads),
-            ("head_size", head_size),
-        ]:
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_positive_ints(
+            in_channels=in_channels, out_channels=out_channels, heads=heads, head_size=head_size
+        )
         dtype = default_float(dtype)
         self.space, self.in_channels, self.out_channels = space, in_channels, out_channels
         self.heads, self.head_size = heads, head_size
@@ -177,18 +174,20 @@ class EquivariantAttention(eqx.Module):
         """This layer, with the same parameters, on a space of other hidden widths (see
         [`nfn.WeightSpace.check_transferable_to`][])."""
         self.space.check_transferable_to(space)
-        shell = eqx.filter_eval_shape(
-            EquivariantAttention,
-            space,
-            self.in_channels,
-            self.out_channels,
-            heads=self.heads,
-            head_size=self.head_size,
-            normalize_tokens=self.normalize_tokens,
-            dtype=self.write_weights[0].dtype if self.write_weights else None,
-            key=jax.random.key(0),
+        return with_parameters(
+            self,
+            lambda key: EquivariantAttention(
+                space,
+                self.in_channels,
+                self.out_channels,
+                heads=self.heads,
+                head_size=self.head_size,
+                normalize_tokens=self.normalize_tokens,
+                dtype=self.write_weights[0].dtype if self.write_weights else None,
+                key=key,
+            ),
+            _parameters,
         )
-        return eqx.tree_at(_parameters, shell, _parameters(self))
 
     @property
     def model_size(self) -> int:

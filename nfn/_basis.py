@@ -9,16 +9,21 @@ permuted (NP), fixed-input/output (HNP) and conv-kernel specs one mechanism.
 import dataclasses
 import math
 import string
+from collections.abc import Callable
+from typing import Any, TypeVar
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float
+from jaxtyping import Array, Float, PRNGKeyArray
 
 from nfn._partitions import Partition, id_partitions
 from nfn._spec import LeafSpace, WeightSpace
 
 LETTERS = string.ascii_lowercase
+
+Layer = TypeVar("Layer", bound=eqx.Module)
 
 
 def fold(leaf: LeafSpace, x: Float[Array, "*shape channels"]) -> Float[Array, "*permuted folded"]:
@@ -183,3 +188,21 @@ def ones(shape: tuple[int, ...], dtype) -> Array:
 def default_float(dtype):
     """`dtype`, or JAX's default float dtype (float64 when x64 is enabled)."""
     return jnp.dtype(jnp.zeros(()).dtype if dtype is None else dtype)
+
+
+def check_positive_ints(**values: Any) -> None:
+    """Raise a ValueError naming the first of `values` that is not a positive int (a bool is
+    not one)."""
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def with_parameters(
+    layer: Layer, build: Callable[[PRNGKeyArray], Layer], parameters: Callable[[Layer], Any]
+) -> Layer:
+    """The layer `build(key)` makes, holding `layer`'s parameters (`parameters` picks them out
+    of either): how a layer moves to other spaces. `build` is only traced, so nothing is drawn
+    or compiled for the parameters it would initialise."""
+    shell = eqx.filter_eval_shape(build, jax.random.key(0))
+    return eqx.tree_at(parameters, shell, parameters(layer), is_leaf=lambda x: x is None)

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
-from nfn._basis import default_float, normal_arrays
+from nfn._basis import check_positive_ints, default_float, normal_arrays, with_parameters
 from nfn._spec import WeightSpace
 
 
@@ -73,8 +73,7 @@ class PositionalEncoding(eqx.Module):
         - `dtype`: dtype of the tables (default: JAX's default float).
         - `key`: PRNG key for the initialisation; required for `"learned"`.
         """
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ValueError(f"size must be a positive int, got {size!r}")
+        check_positive_ints(size=size)
         if kind not in ("sinusoidal", "learned"):
             raise ValueError(f'kind must be "sinusoidal" or "learned", got {kind!r}')
         dtype = default_float(dtype)
@@ -101,16 +100,18 @@ class PositionalEncoding(eqx.Module):
         """This encoding on a space of other hidden widths (fixed axes keep their sizes, see
         [`nfn.WeightSpace.check_transferable_to`][])."""
         self.space.check_transferable_to(space)
-        shell = eqx.filter_eval_shape(
-            PositionalEncoding,
-            space,
-            self.size,
-            kind=self.kind,
-            max_period=self.max_period,
-            dtype=self.tables[0].dtype if self.tables else None,
-            key=jax.random.key(0),
+        return with_parameters(
+            self,
+            lambda key: PositionalEncoding(
+                space,
+                self.size,
+                kind=self.kind,
+                max_period=self.max_period,
+                dtype=self.tables[0].dtype if self.tables else None,
+                key=key,
+            ),
+            lambda m: m.tables,
         )
-        return eqx.tree_at(lambda m: m.tables, shell, self.tables)
 
     def __call__(self, features: PyTree[Float[Array, "..."]]) -> PyTree[Float[Array, "..."]]:
         """Append `extra_channels` channels to every leaf of `features`."""
@@ -170,9 +171,7 @@ class FourierFeatures(eqx.Module):
         - `dtype`: dtype of `B` (default: JAX's default float).
         - `key`: PRNG key for `B`.
         """
-        for name, value in [("in_channels", in_channels), ("frequencies", frequencies)]:
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_positive_ints(in_channels=in_channels, frequencies=frequencies)
         if not scale > 0:
             raise ValueError(f"scale must be positive, got {scale!r}")
         dtype = default_float(dtype)

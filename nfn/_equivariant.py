@@ -4,7 +4,6 @@ import dataclasses
 import math
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
@@ -13,12 +12,14 @@ from nfn._basis import (
     LETTERS,
     Pooling,
     block_sizes,
+    check_positive_ints,
     default_float,
     expand_partition,
     fold_features,
     normal_arrays,
     subscripts,
     unfold,
+    with_parameters,
     zeros,
 )
 from nfn._partitions import Partition, id_partitions, partial_matchings
@@ -267,9 +268,7 @@ class EquivariantLinear(eqx.Module):
         """
         out_space = space if out_space is None else out_space
         _check_shared_sizes(space, out_space)
-        for name, value in [("in_channels", in_channels), ("out_channels", out_channels)]:
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_positive_ints(in_channels=in_channels, out_channels=out_channels)
         dtype = default_float(dtype)
         self.space, self.out_space = space, out_space
         self.in_channels, self.out_channels = in_channels, out_channels
@@ -335,21 +334,18 @@ class EquivariantLinear(eqx.Module):
             out_space = space
         self.space.check_transferable_to(space)
         self.out_space.check_transferable_to(out_space)
-        shell = eqx.filter_eval_shape(
-            EquivariantLinear,
-            space,
-            self.in_channels,
-            self.out_channels,
-            out_space=out_space,
-            use_bias=self.bias is not None,
-            dtype=self.pooled_weight.dtype,
-            key=jax.random.key(0),
-        )
-        return eqx.tree_at(
+        return with_parameters(
+            self,
+            lambda key: EquivariantLinear(
+                space,
+                self.in_channels,
+                self.out_channels,
+                out_space=out_space,
+                use_bias=self.bias is not None,
+                dtype=self.pooled_weight.dtype,
+                key=key,
+            ),
             lambda m: (m.pooled_weight, m.bias, m.coupled_weights),
-            shell,
-            (self.pooled_weight, self.bias, self.coupled_weights),
-            is_leaf=lambda x: x is None,
         )
 
     @property

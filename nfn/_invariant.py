@@ -3,10 +3,17 @@
 import math
 
 import equinox as eqx
-import jax
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
-from nfn._basis import Pooling, default_float, fold, normal_arrays, zeros
+from nfn._basis import (
+    Pooling,
+    check_positive_ints,
+    default_float,
+    fold,
+    normal_arrays,
+    with_parameters,
+    zeros,
+)
 from nfn._spec import WeightSpace
 
 
@@ -36,9 +43,7 @@ class InvariantLinear(eqx.Module):
         dtype=None,
         key: PRNGKeyArray,
     ):
-        for name, value in [("in_channels", in_channels), ("out_features", out_features)]:
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_positive_ints(in_channels=in_channels, out_features=out_features)
         dtype = default_float(dtype)
         self.space = space
         self.in_channels, self.out_features = in_channels, out_features
@@ -52,20 +57,17 @@ class InvariantLinear(eqx.Module):
         [`nfn.WeightSpace.check_transferable_to`][]): its statistics are means, so their number
         does not depend on the sizes of permuted axes."""
         self.space.check_transferable_to(space)
-        shell = eqx.filter_eval_shape(
-            InvariantLinear,
-            space,
-            self.in_channels,
-            self.out_features,
-            use_bias=self.bias is not None,
-            dtype=self.weight.dtype,
-            key=jax.random.key(0),
-        )
-        return eqx.tree_at(
+        return with_parameters(
+            self,
+            lambda key: InvariantLinear(
+                space,
+                self.in_channels,
+                self.out_features,
+                use_bias=self.bias is not None,
+                dtype=self.weight.dtype,
+                key=key,
+            ),
             lambda m: (m.weight, m.bias),
-            shell,
-            (self.weight, self.bias),
-            is_leaf=lambda x: x is None,
         )
 
     @property

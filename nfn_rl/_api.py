@@ -4,7 +4,7 @@ them back."""
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import jax
 from jaxtyping import PyTree
@@ -108,31 +108,29 @@ def train_seeds(
     return trainer, states
 
 
+class RunOptions(TypedDict, total=False):
+    """The keyword arguments of `train_seeds` besides `seeds` and `out_dir`, with its defaults
+    and meanings."""
+
+    resume: bool
+    overwrite: bool
+    progress: bool
+    on_chunk: Callable[[int], None] | None
+    allow_backend_change: bool
+
+
 def train(
     config: TrainConfig,
     env: Environment | None = None,
     *,
     seed: int = 0,
     out_dir: str | os.PathLike,
-    resume: bool = False,
-    overwrite: bool = False,
-    progress: bool = True,
-    on_chunk: Callable[[int], None] | None = None,
-    allow_backend_change: bool = False,
+    **options: Unpack[RunOptions],
 ) -> tuple[Trainer, TrainState]:
-    """`train_seeds` for one seed, recorded in `out_dir`; returns the trainer and the final
-    state (`trainer.policy(state)` is the trained policy)."""
-    trainer, states = train_seeds(
-        config,
-        env,
-        seeds=(seed,),
-        out_dir=out_dir,
-        resume=resume,
-        overwrite=overwrite,
-        progress=progress,
-        on_chunk=on_chunk,
-        allow_backend_change=allow_backend_change,
-    )
+    """`train_seeds` for one seed, recorded in `out_dir` (`options` as `train_seeds` takes them:
+    `resume`, `overwrite`, `progress`, `on_chunk`, `allow_backend_change`); returns the trainer
+    and the final state (`trainer.policy(state)` is the trained policy)."""
+    trainer, states = train_seeds(config, env, seeds=(seed,), out_dir=out_dir, **options)
     return trainer, jax.tree.map(lambda x: x[0], states)
 
 

@@ -100,6 +100,22 @@ def weight_spaces(
     return params, spec
 
 
+def space_of(spec: dict, sizes: dict, fixed: int = 2) -> nfn.WeightSpace:
+    """A weight space from a spec alone: id g has size sizes[g], every fixed axis size `fixed`."""
+    params = {
+        name: np.zeros(tuple(sizes[a] if a is not None else fixed for a in axes), np.float32)
+        for name, axes in spec.items()
+    }
+    return nfn.WeightSpace.from_spec(params, spec)
+
+
+def features_of(space, channels: int, seed: int, dtype=np.float32):
+    """Standard normal features of `space` with `channels` channels, drawn on the host."""
+    rng = np.random.default_rng(seed)
+    leaves = [rng.standard_normal((*leaf.shape, channels)).astype(dtype) for leaf in space]
+    return space.unflatten([jnp.asarray(x) for x in leaves])
+
+
 def random_features(params: dict, channels: int, seed: int, dtype=np.float32) -> dict:
     rng = np.random.default_rng(seed)
     return {
@@ -186,6 +202,11 @@ def host_permutation(sizes: dict, seed: int) -> dict:
     return {
         g: jnp.asarray(np.random.default_rng([seed, g]).permutation(n)) for g, n in sizes.items()
     }
+
+
+def host_normal(seed: int, shape: tuple) -> jnp.ndarray:
+    """Standard normal float32 inputs drawn on the host."""
+    return jnp.asarray(np.random.default_rng(seed + 1).standard_normal(shape), jnp.float32)
 
 
 def max_abs(tree) -> float:

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from jaxtyping import Array, Float, PRNGKeyArray
+from short_runs import cadence
 
 import nfn_rl
 from nfn_rl import baselines
@@ -191,10 +192,7 @@ def test_resumed_run_reproduces_an_uninterrupted_one(tmp_path):
         num_envs=8,
         unroll_length=8,
         iterations=6,
-        log_interval=2,
-        eval_interval=2,
-        checkpoint_interval=2,
-        eval_episodes=2,
+        **cadence(log=2, checkpoint=2, episodes=2),
     )
     nfn_rl.train(config, out_dir=tmp_path / "whole", progress=False)
     stop_at = {}

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
+from short_runs import SMALL_NETWORKS, cadence
 
 import nfn_rl
 import nfn_rl.population
@@ -18,14 +19,7 @@ from nfn_rl.population import centered_ranks, es_gradient, shape_returns
 from nfn_rl.run import CRITIC_QUALITY_METRICS, read_metrics
 
 CARTPOLE = nfn_rl.EPVFConfig(
-    horizon=50,
-    num_envs=16,
-    iterations=4,
-    log_interval=2,
-    eval_interval=2,
-    checkpoint_interval=2,
-    policy_width=8,
-    critic_width=16,
+    horizon=50, num_envs=16, iterations=4, **cadence(log=2, checkpoint=2), **SMALL_NETWORKS
 )
 
 
@@ -210,9 +204,7 @@ ES = baselines.ESConfig(
     horizon=50,
     num_envs=16,
     iterations=20,
-    log_interval=5,
-    eval_interval=5,
-    checkpoint_interval=10,
+    **cadence(log=5, checkpoint=10),
     policy_width=8,
     noise_scale=0.1,
     policy_lr=3e-2,

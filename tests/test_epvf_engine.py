@@ -10,9 +10,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from short_runs import cadence
 
 import nfn_rl
-from nfn_rl.envs import Cartpole, Environment, EnvState
+from nfn_rl.envs import Cartpole, EnvState
 from nfn_rl.run import read_metrics
 
 # One small config for every training test, so that the suite compiles its chunk function once.
@@ -20,9 +21,7 @@ SMALL = nfn_rl.EPVFConfig(
     horizon=200,
     num_envs=8,
     iterations=60,
-    log_interval=10,
-    eval_interval=10,
-    checkpoint_interval=30,
+    **cadence(log=10, checkpoint=30),
     policy_width=16,
     critic_width=32,
     noise_scale=0.3,
@@ -435,36 +434,11 @@ def test_resume_without_checkpoint_names_path(tmp_path):
 # --- non-finite values -----------------------------------------------------------------------
 
 
-class NaNRewardCartpole(Environment):
+class NaNRewardCartpole(Cartpole):
     """Cartpole whose reward is NaN whenever the cart is right of x = 0.05."""
 
-    inner: Cartpole
-
-    @property
-    def observation_size(self) -> int:
-        return self.inner.observation_size
-
-    @property
-    def action_size(self) -> int:
-        return self.inner.action_size
-
-    @property
-    def discrete(self) -> bool:
-        return self.inner.discrete
-
-    @property
-    def horizon(self) -> int:
-        return self.inner.horizon
-
-    @property
-    def max_return(self) -> float:
-        return self.inner.max_return
-
-    def reset(self, key):
-        return self.inner.reset(key)
-
     def step(self, state: EnvState, action):
-        state = self.inner.step(state, action)
+        state = super().step(state, action)
         return dataclasses.replace(
             state, reward=jnp.where(state.obs[0] > 0.05, jnp.nan, state.reward)
         )
@@ -486,7 +460,7 @@ def test_nonfinite_returns_never_enter_buffer_or_params(tmp_path):
         policy_lr_end=1e-5,
         multiple_policies=True,
     )
-    env = NaNRewardCartpole(Cartpole(horizon=100))
+    env = NaNRewardCartpole(horizon=100)
     trainer, state = nfn_rl.train(config, env, seed=SEED, out_dir=tmp_path, progress=False)
     rows = read_metrics(tmp_path / "metrics.csv")
     nonfinite = sum(r["nonfinite_returns"] for r in rows)

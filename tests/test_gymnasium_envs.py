@@ -23,6 +23,7 @@ import mujoco
 import numpy as np
 import pytest
 from example_runner import run_example
+from short_runs import SMALL_NETWORKS, cadence
 
 import nfn_rl
 from nfn_rl import make_policy, perturb_population
@@ -170,12 +171,8 @@ def test_epvf_trains_on_a_gymnasium_task_deterministically_and_resumes(tmp_path)
         num_envs=32,
         batch_size=32,
         iterations=4,
-        log_interval=2,
-        checkpoint_interval=2,
-        eval_interval=2,
-        eval_episodes=4,
-        policy_width=8,
-        critic_width=16,
+        **cadence(log=2, checkpoint=2, episodes=4),
+        **SMALL_NETWORKS,
         critic_steps=2,
         policy_steps=2,
     )

@@ -13,18 +13,15 @@ import subprocess
 import sys
 
 import numpy as np
+from short_runs import SMALL_NETWORKS, cadence
 
 CONFIG = dict(
     horizon=50,
     num_envs=8,
     batch_size=8,
     iterations=6,
-    log_interval=3,
-    eval_interval=3,
-    eval_episodes=2,
-    checkpoint_interval=6,
-    policy_width=8,
-    critic_width=16,
+    **cadence(log=3, checkpoint=6, episodes=2),
+    **SMALL_NETWORKS,
 )
 SEED = 3
 

@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from nfn_strategies import assert_close_scaled, original_and_permuted, permuted_model
+from nfn_strategies import (
+    assert_close_scaled,
+    host_normal,
+    host_permutation,
+    original_and_permuted,
+    permuted_model,
+)
 
 import nfn
 
@@ -25,15 +31,6 @@ def raises_naming(*fragments):
 
 def spec_of(space):
     return {leaf.path: leaf.axes for leaf in space}
-
-
-def host_permutation(space, seed):
-    rng = np.random.default_rng(seed)
-    return {g: jnp.asarray(rng.permutation(n)) for g, n in space.sizes.items()}
-
-
-def host_normal(seed, shape):
-    return jnp.asarray(np.random.default_rng(seed + 1).standard_normal(shape), jnp.float32)
 
 
 # --------------------------------------------------------------------------- MLP activations
@@ -79,7 +76,7 @@ def test_mlp_activation_symmetry_preserves_function(activation, seed):
     mlp = eqx.nn.MLP(3, 2, 4, 2, activation=activation, final_activation=activation, key=KEY)
     for io in ("fixed", "permuted"):
         space = nfn.weight_space(mlp, io=io)
-        perm, x = host_permutation(space, seed), host_normal(seed, (5, 3))
+        perm, x = host_permutation(space.sizes, seed), host_normal(seed, (5, 3))
         if io == "permuted":
             # Only hidden ids may keep the function; the boundary ids are the network's I/O.
             boundary = {space.leaves[0].axes[1], space.leaves[-1].axes[0]} - {None}
@@ -171,7 +168,7 @@ def test_pooling_passes_channels_through(drawn, seed):
     model, input_shape = drawn
     space = nfn.weight_space(model)
     assert space.sizes == {0: model.layers[0].out_channels}
-    perm, x = host_permutation(space, seed), host_normal(seed, (2, *input_shape))
+    perm, x = host_permutation(space.sizes, seed), host_normal(seed, (2, *input_shape))
     assert_close_scaled(*original_and_permuted(model, space, perm, x))
 
 
@@ -215,7 +212,7 @@ def test_layer_norm_parameters_follow_their_neurons(model, seed):
         assert spec[".layers[2].weight"] == (0,)
     if model.layers[0].weight is not None:
         assert spec[".layers[0].weight"] == (None,)  # the network's inputs: fixed
-    perm, x = host_permutation(space, seed), host_normal(seed, (5, 3))
+    perm, x = host_permutation(space.sizes, seed), host_normal(seed, (5, 3))
     assert_close_scaled(*original_and_permuted(model, space, perm, x))
     permuted = nfn.weight_space(model, io="permuted")
     if model.layers[0].weight is not None:
@@ -259,7 +256,9 @@ def test_embedding_outputs_are_permuted_like_neurons(width, seed):
     assert spec_of(space)[".layers[0].weight"] == (None, 0)
     assert spec_of(nfn.weight_space(model, io="permuted"))[".layers[0].weight"] == (0, 1)
     tokens = jnp.asarray(np.random.default_rng(seed).integers(0, 7, 9))
-    assert_close_scaled(*original_and_permuted(model, space, host_permutation(space, seed), tokens))
+    assert_close_scaled(
+        *original_and_permuted(model, space, host_permutation(space.sizes, seed), tokens)
+    )
 
 
 @st.composite
@@ -298,7 +297,7 @@ def test_residual_stream_and_block_outputs_share_an_id(model, seed):
     assert spec[".layers[1].body.layers[2].weight"][0] == stream
     assert spec[".layers[1].body.layers[0].weight"][1] == stream
     assert spec[f".layers[{len(model.layers) - 1}].weight"][1] == stream
-    perm, x = host_permutation(space, seed), host_normal(seed, (5, 3))
+    perm, x = host_permutation(space.sizes, seed), host_normal(seed, (5, 3))
     assert_close_scaled(*original_and_permuted(model, space, perm, x))
 
 
@@ -345,7 +344,7 @@ def test_hooks_describe_user_modules(seed):
     space = nfn.weight_space(model, hooks={_Block: _describe_block})
     assert spec_of(space)[".layers[1].up.weight"] == (1, 0)
     assert spec_of(space)[".layers[1].down.weight"] == (0, 1)
-    perm, x = host_permutation(space, seed), host_normal(seed, (5, 3))
+    perm, x = host_permutation(space.sizes, seed), host_normal(seed, (5, 3))
     assert_close_scaled(*original_and_permuted(model, space, perm, x))
 
 
@@ -388,7 +387,7 @@ def test_recurrent_cells_permute_each_gate_block_by_the_hidden_id(kind, hidden, 
         )
     space = nfn.weight_space(cell, io=io)
     (h,) = [g for g in space.sizes if space.sizes[g] == hidden and g == space.leaves[1].axes[1]]
-    perm = host_permutation(space, seed)
+    perm = host_permutation(space.sizes, seed)
     if io == "permuted":
         perm = {g: p if g == h else jnp.arange(len(p)) for g, p in perm.items()}
     p = perm[h]
@@ -451,7 +450,7 @@ def test_attention_heads_and_head_dimensions(heads, qk, vo, bias, seed):
         )
     space = nfn.weight_space(mha)
     assert space.sizes == {0: heads, 1: qk, 2: vo}
-    perm = host_permutation(space, seed)
+    perm = host_permutation(space.sizes, seed)
     x = host_normal(seed, (4, 5))
     permuted = permuted_model(mha, space, perm)
     assert_close_scaled(eqx.filter_jit(mha)(x, x, x), eqx.filter_jit(permuted)(x, x, x))
@@ -465,7 +464,7 @@ def test_layers_on_packed_spaces_are_equivariant(seed):
     layer = nfn.EquivariantLinear(space, 1, 2, key=jax.random.key(1))
     encoder = nfn.InvariantEncoder(space, 2, hidden_channels=2, depth=1, key=jax.random.key(2))
     f = nfn.to_features(eqx.filter(cell, eqx.is_array))
-    perm = host_permutation(space, seed)
+    perm = host_permutation(space.sizes, seed)
     fp = nfn.permute(space, f, perm, channels=True)
     for a, b in zip(
         jax.tree.leaves(nfn.permute(space, layer(f), perm, channels=True)),
@@ -560,7 +559,7 @@ def test_transformer_blocks_through_hooks_keep_their_function(heads, num_blocks,
     stream = spec_of(space)[".embed.weight"][0]
     assert spec_of(space)[".blocks[0].ln1.weight"] == (stream,)
     assert spec_of(space)[".unembed.weight"] == (None, stream)
-    perm = host_permutation(space, seed)
+    perm = host_permutation(space.sizes, seed)
     x = host_normal(seed, (4, 3))
     expected = eqx.filter_jit(model)(x)
     actual = eqx.filter_jit(permuted_model(model, space, perm))(x)

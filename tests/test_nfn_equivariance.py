@@ -8,35 +8,18 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from nfn_strategies import random_features, weight_spaces
+from nfn_strategies import (
+    equivariance_pair,
+    features_of,
+    host_permutation,
+    max_abs,
+    max_difference,
+    random_features,
+    space_of,
+    weight_spaces,
+)
 
 import nfn
-
-
-def space_of(spec, sizes, fixed=2, dtype=np.float32):
-    """A weight space from a spec alone: id g has size sizes[g], every fixed axis size `fixed`."""
-    params = {
-        name: np.zeros(tuple(sizes[a] if a is not None else fixed for a in axes), dtype)
-        for name, axes in spec.items()
-    }
-    return nfn.WeightSpace.from_spec(params, spec), params
-
-
-def host_permutation(sizes, seed):
-    """Independent uniformly random permutations, one per id, from independent streams."""
-    return {
-        g: jnp.asarray(np.random.default_rng([seed, g]).permutation(n)) for g, n in sizes.items()
-    }
-
-
-def features_of(space, channels, seed, dtype=np.float32):
-    rng = np.random.default_rng(seed)
-    leaves = [rng.standard_normal((*leaf.shape, channels)).astype(dtype) for leaf in space]
-    return space.unflatten([jnp.asarray(x) for x in leaves])
-
-
-def max_abs(tree):
-    return max(float(np.max(np.abs(np.asarray(x)), initial=0.0)) for x in jax.tree.leaves(tree))
 
 
 def assert_trees_close(a, b, rel):
@@ -50,46 +33,26 @@ def assert_trees_close(a, b, rel):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0, atol=rel * scale)
 
 
-def max_difference(a, b):
-    return max(
-        float(np.max(np.abs(np.asarray(x) - np.asarray(y)), initial=0.0))
-        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
-    )
-
-
 def _first(tree, k):
     return jax.tree.map(lambda v: v[k], tree)
 
 
 @eqx.filter_jit
-def _equivariance_pair(layer, space, out_space, x, perm):
-    """(g . f(x), f(g . x)) for an equivariant f, or (f(x), f(g . x)) for an invariant one.
-
-    f runs once, vmapped over (x, g . x), so it is traced and compiled once.
-    """
-    ys = jax.vmap(layer)(nfn.stack([x, nfn.permute(space, x, perm, channels=True)]))
-    y, y_g = _first(ys, 0), _first(ys, 1)
-    if out_space is not None:
-        y = nfn.permute(out_space, y, perm, channels=True)
-    return y, y_g
-
-
-@eqx.filter_jit
 def _pair_of_pairs(layer, invariant, space, x, perm):
     return (
-        _equivariance_pair(layer, space, space, x, perm),
-        _equivariance_pair(invariant, space, None, x, perm),
+        equivariance_pair(layer, space, space, x, perm),
+        equivariance_pair(invariant, space, None, x, perm),
     )
 
 
 def check_equivariant(layer, space, x, perm, out_space=None, rel=1e-5):
-    y_then_g, g_then_y = _equivariance_pair(layer, space, out_space or space, x, perm)
+    y_then_g, g_then_y = equivariance_pair(layer, space, out_space or space, x, perm)
     assert max_abs(y_then_g) > 0
     assert_trees_close(y_then_g, g_then_y, rel)
 
 
 def check_invariant(model, space, x, perm, rel=1e-5):
-    y, y_g = _equivariance_pair(model, space, None, x, perm)
+    y, y_g = equivariance_pair(model, space, None, x, perm)
     assert max_abs(y) > 0
     assert_trees_close(y, y_g, rel)
 
@@ -165,8 +128,8 @@ def _assert_equivariant_and_invariant(space, sizes, equivariant, invariant, *, s
     @eqx.filter_jit
     def run(equivariant, invariant, x, perm):
         return (
-            _equivariance_pair(equivariant, space, space, x, perm),
-            _equivariance_pair(invariant, space, None, x, perm),
+            equivariance_pair(equivariant, space, space, x, perm),
+            equivariance_pair(invariant, space, None, x, perm),
         )
 
     equi, inv = run(equivariant, invariant, x, perm)
@@ -179,7 +142,7 @@ def _assert_equivariant_and_invariant(space, sizes, equivariant, invariant, *, s
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_linear_layers_on_hand_made_spaces(case):
     spec, sizes = CASES[case]
-    space, _ = space_of(spec, sizes)
+    space = space_of(spec, sizes)
     keys = jax.random.split(jax.random.key(len(case)), 2)
     layer = nfn.EquivariantLinear(space, 2, 3, key=keys[0])
     invariant = nfn.InvariantLinear(space, 2, 5, key=keys[1])
@@ -189,7 +152,7 @@ def test_linear_layers_on_hand_made_spaces(case):
 @pytest.mark.parametrize("case", MODEL_CASES)
 def test_models_on_hand_made_spaces(case):
     spec, sizes = CASES[case]
-    space, _ = space_of(spec, sizes)
+    space = space_of(spec, sizes)
     keys = jax.random.split(jax.random.key(len(case)), 2)
     network = nfn.EquivariantNetwork(space, 2, 4, 3, depth=2, key=keys[0])
     encoder = nfn.InvariantEncoder(
@@ -206,8 +169,8 @@ def test_models_on_hand_made_spaces(case):
 
 
 def test_equivariant_linear_between_different_spaces():
-    space, _ = space_of({"a": (0, 1), "b": (1,), "c": (None, 0)}, {0: 3, 1: 2})
-    out_space, _ = space_of(
+    space = space_of({"a": (0, 1), "b": (1,), "c": (None, 0)}, {0: 3, 1: 2})
+    out_space = space_of(
         {"p": (1, 2, None), "q": (2, 2), "r": (), "s": (0, 1, 0)}, {0: 3, 1: 2, 2: 4}, fixed=3
     )
     layer = nfn.EquivariantLinear(space, 2, 3, out_space=out_space, key=jax.random.key(0))
@@ -218,13 +181,13 @@ def test_equivariant_linear_between_different_spaces():
     assert [np.shape(v) for v in jax.tree.leaves(y)] == [(*leaf.shape, 3) for leaf in out_space]
     # Id 2 acts on the output only: permuting it alone must leave the output unchanged.
     only2 = {0: jnp.arange(3), 1: jnp.arange(2), 2: perm[2]}
-    y_then_g, g_then_y = _equivariance_pair(layer, space, out_space, x, only2)
+    y_then_g, g_then_y = equivariance_pair(layer, space, out_space, x, only2)
     assert_trees_close(y_then_g, g_then_y, 1e-5)
 
 
 def test_mismatched_shared_id_sizes_rejected():
-    space, _ = space_of({"a": (0, 1)}, {0: 3, 1: 2})
-    out_space, _ = space_of({"b": (1,)}, {1: 4})
+    space = space_of({"a": (0, 1)}, {0: 3, 1: 2})
+    out_space = space_of({"b": (1,)}, {1: 4})
     with pytest.raises(ValueError, match="id 1"):
         nfn.EquivariantLinear(space, 1, 1, out_space=out_space, key=jax.random.key(0))
 
@@ -232,7 +195,7 @@ def test_mismatched_shared_id_sizes_rejected():
 def test_float64_equivariance_is_tight():
     spec, sizes = CASES["tie2"]
     with jax.enable_x64(True):
-        space, _ = space_of(spec, sizes, dtype=np.float64)
+        space = space_of(spec, sizes)
         x = features_of(space, 2, seed=5, dtype=np.float64)
         perm = host_permutation(sizes, seed=6)
         layer = nfn.EquivariantLinear(space, 2, 2, dtype=jnp.float64, key=jax.random.key(1))
@@ -251,30 +214,39 @@ def test_float64_equivariance_is_tight():
 
 def test_not_equivariant_to_an_action_breaking_a_coupling():
     """Permuting a bias with another permutation than its weight's rows is not a symmetry."""
-    space, _ = space_of({"w": (0, None), "b": (0,), "w2": (None, 0)}, {0: 4}, fixed=3)
+    space = space_of({"w": (0, None), "b": (0,), "w2": (None, 0)}, {0: 4}, fixed=3)
     layer = nfn.EquivariantLinear(space, 1, 1, key=jax.random.key(3))
     x = features_of(space, 1, seed=7)
     # The same layer under the true action is equivariant (so the difference below is not noise).
     p = jnp.asarray([1, 2, 3, 0])
     check_equivariant(layer, space, x, {0: p})
     # A broken action: rows of w and w2's columns by p, but b by q != p.
-    broken_space, _ = space_of({"w": (0, None), "b": (1,), "w2": (None, 0)}, {0: 4, 1: 4}, fixed=3)
+    broken_space = space_of({"w": (0, None), "b": (1,), "w2": (None, 0)}, {0: 4, 1: 4}, fixed=3)
     broken = {0: p, 1: jnp.asarray([3, 2, 1, 0])}
-    a, b = _equivariance_pair(layer, broken_space, broken_space, x, broken)
+    a, b = equivariance_pair(layer, broken_space, broken_space, x, broken)
     assert max_difference(a, b) > 1e-2 * max_abs(a)
 
 
-def test_not_equivariant_to_permuting_a_fixed_axis():
-    space, _ = space_of({"w": (0, None), "b": (0,)}, {0: 3}, fixed=4)
-    layer = nfn.EquivariantLinear(space, 1, 1, key=jax.random.key(4))
+# Each layer on a space, and whether it maps to that space (else it is invariant: no action moves
+# its output).
+FIXED_AXIS_CASES = {
+    "equivariant": (lambda space: nfn.EquivariantLinear(space, 1, 1, key=jax.random.key(4)), True),
+    "attention": (lambda space: nfn.EquivariantAttention(space, 1, 1, key=jax.random.key(4)), True),
+    "invariant": (lambda space: nfn.InvariantLinear(space, 1, 3, key=jax.random.key(5)), False),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FIXED_AXIS_CASES))
+def test_not_equivariant_to_permuting_a_fixed_axis(case):
+    make_layer, maps_to_space = FIXED_AXIS_CASES[case]
+    space = space_of({"w": (0, None), "b": (0,)}, {0: 3}, fixed=4)
+    layer = make_layer(space)
     x = features_of(space, 1, seed=8)
     # Pretend the fixed axis were permuted (id 1) and swap two of its entries, id 0 identity.
-    as_permuted, _ = space_of({"w": (0, 1), "b": (0,)}, {0: 3, 1: 4})
+    as_permuted = space_of({"w": (0, 1), "b": (0,)}, {0: 3, 1: 4})
     action = {0: jnp.arange(3), 1: jnp.asarray([1, 0, 2, 3])}
-    a, b = _equivariance_pair(layer, as_permuted, as_permuted, x, action)
-    assert max_difference(a, b) > 1e-2 * max_abs(a)
-    invariant = nfn.InvariantLinear(space, 1, 3, key=jax.random.key(5))
-    a, b = _equivariance_pair(invariant, as_permuted, None, x, action)
+    out_space = as_permuted if maps_to_space else None
+    a, b = equivariance_pair(layer, as_permuted, out_space, x, action)
     assert max_difference(a, b) > 1e-2 * max_abs(a)
 
 
@@ -282,7 +254,7 @@ def test_not_equivariant_to_permuting_a_fixed_axis():
 
 
 def test_jit_matches_eager_and_vmap_matches_single():
-    space, _ = space_of({"h": (0, 0), "b": (0,), "s": ()}, {0: 3})
+    space = space_of({"h": (0, 0), "b": (0,), "s": ()}, {0: 3})
     layer = nfn.EquivariantLinear(space, 2, 3, key=jax.random.key(6))
     invariant = nfn.InvariantLinear(space, 2, 3, key=jax.random.key(7))
     xs = [features_of(space, 2, seed=s) for s in range(3)]

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from nfn_strategies import host_permutation, max_difference
 
 import nfn
 
@@ -54,18 +55,6 @@ def mlp_params(width, depth=2, seed=0):
     return eqx.filter(eqx.nn.MLP(3, 2, width, depth, key=jax.random.key(seed)), eqx.is_array)
 
 
-def host_permutation(space, seed):
-    rng = np.random.default_rng(seed)
-    return {g: jnp.asarray(rng.permutation(n)) for g, n in space.sizes.items()}
-
-
-def max_abs_diff(a, b):
-    return max(
-        float(np.max(np.abs(np.asarray(x) - np.asarray(y)), initial=0.0))
-        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
-    )
-
-
 @eqx.filter_jit
 def _encode_pair(encoder, network, space, f, perm):
     fp = nfn.permute(space, f, perm, channels=True)
@@ -88,12 +77,12 @@ def test_models_moved_to_other_widths_stay_invariant_and_equivariant(width, io, 
     assert moved_encoder.invariant.space == space
     f = nfn.to_features(mlp_params(width, seed=seed % 100))
     z, z_p, y_p, out_p = _encode_pair(
-        moved_encoder, moved_network, space, f, host_permutation(space, seed)
+        moved_encoder, moved_network, space, f, host_permutation(space.sizes, seed)
     )
     assert z.shape == (3,)
-    assert max_abs_diff(z, z_p) < 1e-4 * max(1.0, float(jnp.max(jnp.abs(z))))
+    assert max_difference(z, z_p) < 1e-4 * max(1.0, float(jnp.max(jnp.abs(z))))
     scale = max(1.0, max(float(jnp.max(jnp.abs(y))) for y in jax.tree.leaves(y_p)))
-    assert max_abs_diff(y_p, out_p) < 1e-4 * scale
+    assert max_difference(y_p, out_p) < 1e-4 * scale
 
 
 def test_moving_back_restores_the_layer_exactly():
@@ -101,9 +90,9 @@ def test_moving_back_restores_the_layer_exactly():
     layer = nfn.EquivariantLinear(small, 1, 2, key=jax.random.key(1))
     back = layer.with_space(wide).with_space(small)
     f = nfn.to_features(mlp_params(4))
-    assert max_abs_diff(layer(f), back(f)) == 0.0
+    assert max_difference(layer(f), back(f)) == 0.0
     invariant = nfn.InvariantLinear(small, 1, 3, use_bias=False, key=jax.random.key(1))
-    assert max_abs_diff(invariant(f), invariant.with_space(wide).with_space(small)(f)) == 0.0
+    assert max_difference(invariant(f), invariant.with_space(wide).with_space(small)(f)) == 0.0
 
 
 def test_moving_to_an_incompatible_space_names_the_leaf():
@@ -130,7 +119,7 @@ def test_layer_norm_removes_the_global_scale_and_none_keeps_it():
         assert (encoder.norms is not None) == scale_blind
         enc_diff = float(jnp.max(jnp.abs(encoder(f) - encoder(f3))))
         # The last equivariant layer is linear: compare its input through the output's scale.
-        net_diff = max_abs_diff(network(f3), jax.tree.map(lambda x: 3 * x, network(f)))
+        net_diff = max_difference(network(f3), jax.tree.map(lambda x: 3 * x, network(f)))
         if scale_blind:
             assert enc_diff < 1e-4
         else:
@@ -157,7 +146,7 @@ def test_dropout_needs_a_key_and_respects_inference():
     a, b = encoder(f, key=jax.random.key(3)), encoder(f, key=jax.random.key(4))
     assert float(jnp.max(jnp.abs(a - b))) > 1e-4
     np.testing.assert_array_equal(a, encoder(f, key=jax.random.key(3)))
-    assert max_abs_diff(network(f, key=jax.random.key(3)), network(f, inference=True)) > 1e-4
+    assert max_difference(network(f, key=jax.random.key(3)), network(f, inference=True)) > 1e-4
     with pytest.raises(ValueError, match="dropout"):
         nfn.EquivariantNetwork(space, 1, 4, 2, 2, dropout=1.0, key=KEY)
 
@@ -185,4 +174,4 @@ def test_layers_survive_pickling():
     ):
         again = pickle.loads(pickle.dumps(layer))
         assert jax.tree.structure(again) == jax.tree.structure(layer)
-        assert max_abs_diff(layer(f), again(f)) == 0.0
+        assert max_difference(layer(f), again(f)) == 0.0

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from short_runs import cadence
 
 import nfn_rl
 from nfn_rl import baselines
@@ -195,10 +196,7 @@ CONFIG = dict(
     horizon=40,
     num_envs=8,
     iterations=6,
-    log_interval=2,
-    eval_interval=2,
-    eval_episodes=1,
-    checkpoint_interval=2,
+    **cadence(log=2, checkpoint=2, episodes=1),
     policy_width=8,
     observation_normalization=True,
 )

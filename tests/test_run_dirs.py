@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 from example_runner import ROOT
+from short_runs import SMALL_NETWORKS, cadence
 
 import nfn_rl
 from nfn_rl import baselines
@@ -31,12 +32,8 @@ CONFIG = nfn_rl.EPVFConfig(
     num_envs=8,
     batch_size=8,
     iterations=12,
-    log_interval=3,
-    eval_interval=3,
-    eval_episodes=2,
-    checkpoint_interval=6,
-    policy_width=8,
-    critic_width=16,
+    **cadence(log=3, checkpoint=6, episodes=2),
+    **SMALL_NETWORKS,
 )
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import optax
 import pytest
 from example_runner import run_example
+from short_runs import cadence
 
 import nfn_rl
 from nfn_rl import baselines
@@ -77,10 +78,7 @@ CARTPOLE = nfn_rl.EPVFConfig(
     num_envs=8,
     batch_size=8,
     iterations=20,
-    log_interval=10,
-    eval_interval=5,
-    eval_episodes=2,
-    checkpoint_interval=20,
+    **cadence(log=10, evaluate=5, episodes=2, checkpoint=20),
     policy_width=16,
     critic_width=32,
 )

@@ -112,16 +112,25 @@ def test_mlp_from_state_dict_matches_a_torch_style_forward():
         nfn.zoo.mlp_from_state_dict({**state, "running_mean": np.zeros(3)})
 
 
+def _siren_state(rng, layer_names, bounds):
+    """The state dict of a SIREN 2 -> 32 -> 32 -> 1: layer k's `<layer_names[k]>.weight` and
+    `.bias`, drawn uniformly within plus or minus `bounds[k]` (weight bound, bias bound)."""
+    shapes = [((32, 2), 32), ((32, 32), 32), ((1, 32), 1)]
+    state = {}
+    for name, (weight_shape, bias_size), (weight_bound, bias_bound) in zip(
+        layer_names, shapes, bounds
+    ):
+        weight = rng.uniform(-weight_bound, weight_bound, weight_shape)
+        state[f"{name}.weight"] = weight.astype(np.float32)
+        state[f"{name}.bias"] = rng.uniform(-bias_bound, bias_bound, bias_size).astype(np.float32)
+    return state
+
+
 def test_siren_from_state_dict_folds_omega0():
     rng = np.random.default_rng(2)
-    state = {
-        "net.0.linear.weight": rng.uniform(-0.5, 0.5, (32, 2)).astype(np.float32),
-        "net.0.linear.bias": rng.uniform(-0.5, 0.5, 32).astype(np.float32),
-        "net.1.linear.weight": rng.uniform(-0.01, 0.01, (32, 32)).astype(np.float32),
-        "net.1.linear.bias": rng.uniform(-0.1, 0.1, 32).astype(np.float32),
-        "net.2.weight": rng.uniform(-0.01, 0.01, (1, 32)).astype(np.float32),
-        "net.2.bias": rng.uniform(-0.1, 0.1, 1).astype(np.float32),
-    }
+    state = _siren_state(
+        rng, ("net.0.linear", "net.1.linear", "net.2"), ((0.5, 0.5), (0.01, 0.1), (0.01, 0.1))
+    )
     siren, space = nfn.zoo.siren_from_state_dict(state, omega0=30.0)
     x = np.asarray([0.3, -0.7], np.float32)
     h = np.sin(30.0 * (state["net.0.linear.weight"] @ x + state["net.0.linear.bias"]))
@@ -133,14 +142,7 @@ def test_siren_from_state_dict_folds_omega0():
 
 def _dwsnets_state(rng):
     # DWSNets' INR(in_dim=2, n_layers=3, up_scale=16): seq.0 and seq.1 sine layers, seq.2 linear.
-    return {
-        "seq.0.weight": rng.uniform(-0.5, 0.5, (32, 2)).astype(np.float32),
-        "seq.0.bias": rng.uniform(-0.1, 0.1, 32).astype(np.float32),
-        "seq.1.weight": rng.uniform(-0.01, 0.01, (32, 32)).astype(np.float32),
-        "seq.1.bias": rng.uniform(-0.1, 0.1, 32).astype(np.float32),
-        "seq.2.weight": rng.uniform(-0.1, 0.1, (1, 32)).astype(np.float32),
-        "seq.2.bias": rng.uniform(-0.1, 0.1, 1).astype(np.float32),
-    }
+    return _siren_state(rng, ("seq.0", "seq.1", "seq.2"), ((0.5, 0.1), (0.01, 0.1), (0.1, 0.1)))
 
 
 def test_dwsnets_inr_splits(tmp_path):

@@ -18,7 +18,6 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import optax
-from jax.flatten_util import ravel_pytree
 from jax.sharding import Mesh
 from jaxtyping import Array, Int, PRNGKeyArray, PyTree, UInt32
 
@@ -28,17 +27,14 @@ from nfn_rl.population import (
     ObservationNormalizer,
     PerturbationConfig,
     PopulationTrainer,
-    device_mesh,
-    es_gradient,
+    es_estimate,
     make_policy,
-    policy_lr_at,
     policy_optimizer,
-    population_env,
+    population_setup,
     shape_returns,
     with_policy_lr,
-    with_resolved_backend,
 )
-from nfn_rl.run import TrainState, return_statistics, skipped_steps, static_part
+from nfn_rl.run import TrainState, skipped_steps, static_part
 from nfn_rl.run._config import check_choice
 
 
@@ -103,12 +99,11 @@ class ESTrainer(PopulationTrainer):
         config = self.config
         skipped_before = skipped_steps(state.policy_opt_state)
         population = self.collect(state.policy, key=key, observations=state.observations)
-        candidates, lengths, returns = population.params, population.lengths, population.returns
+        candidates, returns = population.params, population.returns
         finite = jnp.isfinite(returns)
-        flat_centre, unravel = ravel_pytree(jax.tree.map(lambda x: x[0], state.policy))
-        deltas = jax.vmap(lambda p: ravel_pytree(p)[0])(candidates) - flat_centre
+        centre = jax.tree.map(lambda x: x[0], state.policy)
         fitness = shape_returns(config.fitness_shaping, returns, finite)
-        ascent = unravel(es_gradient(deltas, fitness, finite))
+        ascent = es_estimate(centre, candidates, fitness, finite)
         # The optimiser minimises: its gradient is the negated ascent direction.
         grads = jax.tree.map(lambda g: -g[None], ascent)
         optimizer = policy_optimizer(config)
@@ -118,12 +113,12 @@ class ESTrainer(PopulationTrainer):
         state = dataclasses.replace(
             state, policy=policy, policy_opt_state=opt_state, observations=population.observations
         )
-        metrics = return_statistics(returns, jnp.ones_like(finite)) | {
-            "episode_steps": jnp.sum(lengths),
-            "critic_loss": jnp.asarray(jnp.nan, jnp.float32),
-            "policy_lr": policy_lr_at(config, state.iteration),
-            "skipped_updates": skipped_steps(opt_state) - skipped_before,
-        }
+        metrics = self.iteration_metrics(
+            population,
+            state.iteration,
+            critic_loss=jnp.asarray(jnp.nan, jnp.float32),
+            skipped_updates=skipped_steps(opt_state) - skipped_before,
+        )
         return self.replicate(state), metrics
 
 
@@ -133,9 +128,7 @@ def make_es(config: ESConfig, env: Environment | None = None) -> ESTrainer:
     multiple of their number)."""
     if not isinstance(config, ESConfig):
         raise TypeError(f"make_es needs an ESConfig, got {type(config).__name__}")
-    mesh = device_mesh(config)
-    env = population_env(config, env, mesh)
-    config = with_resolved_backend(config, env)
+    config, env, mesh = population_setup(config, env)
     policy_static = static_part(
         lambda key: make_policy(env, config.policy_width, config.policy_depth, key=key)
     )

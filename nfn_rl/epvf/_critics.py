@@ -5,7 +5,6 @@ import abc
 import functools
 import inspect
 from collections.abc import Callable
-from typing import Literal
 
 import equinox as eqx
 import jax
@@ -36,6 +35,14 @@ class Critic(eqx.Module):
         """The predicted undiscounted return of `policy`."""
         return self.mlp(self.representation(policy))
 
+    def _mlp_for(
+        self, policy: eqx.Module, *, width: int, depth: int, key: PRNGKeyArray
+    ) -> eqx.nn.MLP:
+        """The ReLU MLP that reads this critic's representation of policies shaped like
+        `policy`, for the end of an `__init__` that has set what `representation` reads."""
+        size = eqx.filter_eval_shape(lambda p: self.representation(p), policy).shape[0]
+        return eqx.nn.MLP(size, "scalar", width, depth, activation=jax.nn.relu, key=key)
+
     def head_features(self, policy: eqx.Module) -> Float[Array, " hidden"]:
         """What the last linear layer of the critic's MLP reads of `policy`: the MLP's last
         hidden activations (the representation itself for an MLP of depth 0)."""
@@ -50,19 +57,13 @@ def flat_params(policy: eqx.Module) -> Float[Array, " params"]:
     return ravel_pytree(eqx.filter(policy, eqx.is_array))[0]
 
 
-def _head(
-    in_size: int, out_size: int | Literal["scalar"], width: int, depth: int, *, key: PRNGKeyArray
-) -> eqx.nn.MLP:
-    return eqx.nn.MLP(in_size, out_size, width, depth, activation=jax.nn.relu, key=key)
-
-
 class FlatCritic(Critic):
     """A ReLU MLP on the flattened policy parameters (Faccio et al.'s PSSVF critic)."""
 
     mlp: eqx.nn.MLP
 
     def __init__(self, policy: eqx.Module, *, width: int, depth: int, key: PRNGKeyArray):
-        self.mlp = _head(flat_params(policy).shape[0], "scalar", width, depth, key=key)
+        self.mlp = self._mlp_for(policy, width=width, depth=depth, key=key)
 
     def representation(self, policy: eqx.Module) -> Float[Array, " params"]:
         return flat_params(policy)
@@ -103,8 +104,7 @@ class ProbingCritic(Critic):
         noise = jax.random.normal(state_key, (probing_states, obs_size))
         self.probing_states = mean + std * noise
         self.with_params = with_params
-        in_size = _probing_representation(policy, self.probing_states, with_params).shape[0]
-        self.mlp = _head(in_size, "scalar", width, depth, key=mlp_key)
+        self.mlp = self._mlp_for(policy, width=width, depth=depth, key=mlp_key)
 
     def representation(self, policy: eqx.Module) -> Float[Array, " features"]:
         return _probing_representation(policy, self.probing_states, self.with_params)
@@ -167,8 +167,7 @@ class UNFCritic(Critic):
             key=encoder_key,
         )
         self.with_params = with_params
-        in_size = unf_features + (flat_params(policy).shape[0] if with_params else 0)
-        self.mlp = _head(in_size, "scalar", width, depth, key=head_key)
+        self.mlp = self._mlp_for(policy, width=width, depth=depth, key=head_key)
 
     def representation(self, policy: eqx.Module) -> Float[Array, " features"]:
         params = eqx.filter(policy, eqx.is_array)

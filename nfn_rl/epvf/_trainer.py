@@ -18,21 +18,17 @@ from nfn_rl.population import (
     ObservationNormalizer,
     PopulationTrainer,
     centered_ranks,
-    device_mesh,
-    es_gradient,
+    es_estimate,
     make_policy,
-    policy_lr_at,
     policy_optimizer,
-    population_env,
+    population_setup,
     shape_returns,
     with_policy_lr,
-    with_resolved_backend,
 )
 from nfn_rl.run import (
     FIFOBuffer,
     TrainState,
     make_buffer,
-    return_statistics,
     skip_nonfinite,
     skipped_steps,
 )
@@ -221,12 +217,10 @@ class EPVFTrainer(PopulationTrainer):
     ) -> Float[Array, ""]:
         """The cosine between the critic's gradient at the `centre` policy and OpenAI-ES's
         estimate from the same candidates (centred ranks of their returns)."""
-        flat_centre, _ = ravel_pytree(centre)
-        deltas = jax.vmap(lambda p: ravel_pytree(p)[0])(candidates) - flat_centre
-        estimate = es_gradient(deltas, centered_ranks(returns, valid), valid)
+        estimate = es_estimate(centre, candidates, centered_ranks(returns, valid), valid)
         model = self._critic(critic)
         gradient = jax.grad(lambda p: model(eqx.combine(p, self.policy_static)))(centre)
-        return cosine(ravel_pytree(gradient)[0], estimate)
+        return cosine(ravel_pytree(gradient)[0], ravel_pytree(estimate)[0])
 
     def update(self, state: EPVFState, key: PRNGKeyArray) -> tuple[EPVFState, dict[str, Array]]:
         config = self.config
@@ -240,7 +234,7 @@ class EPVFTrainer(PopulationTrainer):
             observations=state.observations,
             multiple_policies=config.multiple_policies,
         )
-        candidates, lengths, returns = population.params, population.lengths, population.returns
+        candidates, returns = population.params, population.returns
         # Non-finite returns would poison every later critic fit: they never enter the buffer.
         finite = jnp.isfinite(returns)
         quality = self.critic_quality(state.critic, candidates, returns, finite)
@@ -261,15 +255,8 @@ class EPVFTrainer(PopulationTrainer):
             + skipped_steps(state.policy_opt_state)
             - skipped_before
         )
-        metrics = (
-            return_statistics(returns, jnp.ones_like(finite))
-            | quality
-            | {
-                "episode_steps": jnp.sum(lengths),
-                "critic_loss": critic_loss,
-                "policy_lr": policy_lr_at(config, state.iteration),
-                "skipped_updates": skipped,
-            }
+        metrics = quality | self.iteration_metrics(
+            population, state.iteration, critic_loss=critic_loss, skipped_updates=skipped
         )
         # Replicated at the end of every iteration: the buffer and the update need all of this
         # iteration's rollouts on every device.
@@ -286,9 +273,7 @@ def make_epvf(config: EPVFConfig, env: Environment | None = None) -> EPVFTrainer
     """
     if not isinstance(config, EPVFConfig):
         raise TypeError(f"make_epvf needs an EPVFConfig, got {type(config).__name__}")
-    mesh = device_mesh(config, ("num_envs", "batch_size"))
-    env = population_env(config, env, mesh)
-    config = with_resolved_backend(config, env)
+    config, env, mesh = population_setup(config, env, ("num_envs", "batch_size"))
 
     def build(key):
         policy = make_policy(env, config.policy_width, config.policy_depth, key=key)

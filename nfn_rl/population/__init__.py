@@ -8,6 +8,7 @@ from nfn_rl.population._config import SCHEDULES as SCHEDULES
 from nfn_rl.population._config import PerturbationConfig as PerturbationConfig
 from nfn_rl.population._fitness import SHAPINGS as SHAPINGS
 from nfn_rl.population._fitness import centered_ranks as centered_ranks
+from nfn_rl.population._fitness import es_estimate as es_estimate
 from nfn_rl.population._fitness import es_gradient as es_gradient
 from nfn_rl.population._fitness import ranks as ranks
 from nfn_rl.population._fitness import shape_returns as shape_returns
@@ -29,5 +30,6 @@ from nfn_rl.population._trainer import device_mesh as device_mesh
 from nfn_rl.population._trainer import policy_lr_at as policy_lr_at
 from nfn_rl.population._trainer import policy_optimizer as policy_optimizer
 from nfn_rl.population._trainer import population_env as population_env
+from nfn_rl.population._trainer import population_setup as population_setup
 from nfn_rl.population._trainer import with_policy_lr as with_policy_lr
 from nfn_rl.population._trainer import with_resolved_backend as with_resolved_backend

@@ -1,8 +1,10 @@
 """What a batch's returns become before a critic fits them or ES weighs its perturbations, and
 the ES estimate of the return's gradient."""
 
+import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Bool, Float
+from jax.flatten_util import ravel_pytree
+from jaxtyping import Array, Bool, Float, PyTree
 
 SHAPINGS: tuple[str, ...] = ("returns", "standardized", "centered_ranks")
 
@@ -60,3 +62,16 @@ def es_gradient(
     `fitness` (OpenAI-ES: centred ranks)."""
     weights = jnp.where(valid, fitness, 0.0)
     return weights @ deltas / jnp.maximum(jnp.sum(valid), 1)
+
+
+def es_estimate(
+    centre: PyTree[Array],
+    candidates: PyTree[Array],
+    fitness: Float[Array, " n"],
+    valid: Bool[Array, " n"],
+) -> PyTree[Array]:
+    """`es_gradient` at the `centre` policy's arrays from the perturbed `candidates` (the same
+    arrays with a leading axis of `n`), shaped like `centre`."""
+    flat_centre, unravel = ravel_pytree(centre)
+    deltas = jax.vmap(lambda p: ravel_pytree(p)[0])(candidates) - flat_centre
+    return unravel(es_gradient(deltas, fitness, valid))

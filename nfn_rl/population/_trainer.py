@@ -25,7 +25,7 @@ from nfn_rl.population._config import PerturbationConfig
 from nfn_rl.population._normalize import ObservationNormalizer, fold_observations
 from nfn_rl.population._perturb import perturb_population
 from nfn_rl.population._policy import make_policy
-from nfn_rl.run import Trainer, skip_nonfinite
+from nfn_rl.run import Trainer, return_statistics, skip_nonfinite
 
 # The one mesh axis: the environments (perturbed policies) of an iteration and the critic batch
 # are split along it; everything else is replicated on every device.
@@ -124,6 +124,24 @@ class PopulationTrainer(Trainer):
         """Trained policy `index`, acting on raw observations (normalisation folded in)."""
         params = jax.tree.map(lambda x: x[index], state.policy)
         return eqx.combine(fold_observations(state.observations, params), self.policy_static)
+
+    def iteration_metrics(
+        self,
+        population: Population,
+        iteration: Int[Array, ""],
+        *,
+        critic_loss: Float[Array, ""],
+        skipped_updates: Int[Array, ""],
+    ) -> dict[str, Array]:
+        """What every population trainer reports of an iteration: the statistics of its
+        population's returns (every episode counted), their environment steps, the critic's
+        loss (NaN without a critic), the policy learning rate and the skipped updates."""
+        return return_statistics(population.returns, jnp.ones_like(population.returns, bool)) | {
+            "episode_steps": jnp.sum(population.lengths),
+            "critic_loss": critic_loss,
+            "policy_lr": policy_lr_at(self.config, iteration),
+            "skipped_updates": skipped_updates,
+        }
 
     def value_of(self, value: eqx.Module, params: PyTree[Array]) -> Float[Array, " n"]:
         """`value(policy)` of each stacked policy in `params`."""
@@ -252,6 +270,17 @@ def population_env(config: PerturbationConfig, env: Environment | None, mesh: Me
     env_arrays, env_static = eqx.partition(env, eqx.is_array)
     env_arrays = jax.tree.map(np.asarray, env_arrays)
     return eqx.combine(jax.device_put(env_arrays, NamedSharding(mesh, PartitionSpec())), env_static)
+
+
+def population_setup(
+    config: PerturbationConfig, env: Environment | None, divided: tuple[str, ...] = ("num_envs",)
+) -> tuple[PerturbationConfig, Environment, Mesh]:
+    """What a population trainer of `config` runs on: `config` naming the simulator it uses
+    (`with_resolved_backend`), the `population_env` and the `device_mesh` (over which the
+    fields in `divided` are split) that it is placed on."""
+    mesh = device_mesh(config, divided)
+    env = population_env(config, env, mesh)
+    return with_resolved_backend(config, env), env, mesh
 
 
 def with_resolved_backend(config: PerturbationConfig, env: Environment) -> PerturbationConfig:
