@@ -244,8 +244,10 @@ def test_symmetries_and_canonical_forms_preserve_mlp_functions(mlp, seed):
     moved = nfn.apply_symmetry(space, params, factors)
     assert_close_scaled(y, outputs(mlp, moved, x), 1e-4)
     assert_close_scaled(y, outputs(mlp, nfn.canonicalize(space, params), x), 1e-4)
-    if factors:
-        assert max_difference(leaves(moved), leaves(params)) > 0  # the action is not trivial
+    # The action is not trivial wherever a factor is not 1 (a single neuron's random sign is +1
+    # half the time, which leaves the network as it was).
+    if any(bool(jnp.any(factor != 1)) for factor in factors.values()):
+        assert max_difference(leaves(moved), leaves(params)) > 0
 
 
 @settings(max_examples=8, deadline=None)
