@@ -183,11 +183,14 @@ def make_train(
     n: int,
     config: TrainConfig,
     symmetries: Symmetries | None = None,
+    augment_batch: Callable[[PRNGKeyArray, PyTree], PyTree] | None = None,
 ):
     """`train(key, x_train, y_train, x_eval) -> predictions on x_eval` for one seed of one
     model trained on `n` networks (the data are arguments, not constants folded into the
     compiled program). `"... + sym aug"` models need `symmetries` (of the training networks);
-    `"... + canon"` ones expect canonicalised networks."""
+    `"... + canon"` ones expect canonicalised networks. `augment_batch(key, batch)`, if given,
+    moves every training batch before anything else (any model; e.g. image transforms of
+    SIRENs, `nfn.zoo.augment_siren`)."""
     steps = max(n // config.batch_size, 1)
     batch = min(config.batch_size, n)
     augment = kind == "flat MLP + aug"
@@ -211,6 +214,9 @@ def make_train(
 
         def batch_loss(params, xb, yb, key, index):
             model = eqx.combine(params, static)
+            if augment_batch is not None:
+                key, batch_key = jax.random.split(key)
+                xb = augment_batch(batch_key, xb)
             if sym_augment:
                 group = jnp.asarray(symmetries.group)[index]
                 xb = symmetries.augment(key, xb, group)

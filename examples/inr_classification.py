@@ -8,6 +8,11 @@ digits), one SIREN 2 -> 32 -> 32 -> 1 per image (`omega0 = 30`, SIREN initialisa
 image from its own random initialisation; 150 full-batch Adam steps), then the models of
 `MODELS` below classify the digit from the SIREN's weights, and an MLP on the raw pixels gives
 the ceiling. `--init shared` starts every fit from one initialisation instead.
+`--bias-init zero` starts every SIREN's biases at zero (DWSNets' initialisation) instead of
+Equinox's uniform default; `--augment` moves every training SIREN by a random rotation (+-45
+degrees), zoom (1 +- 0.2) and shift (+-0.25 of the image's half-width) at every step, exactly in
+weight space (`nfn.zoo.augment_siren`, DWSNets' INR augmentations), for every weight-space
+model (the pixel MLP is not augmented).
 `--data digits8` is the earlier setting: scikit-learn's 1,797 8x8 digits, SIRENs 2 -> 16 ->
 16 -> 1 with `omega0 = 10`, 500 steps, split `nfn.zoo.load_digits_split` (497 test digits).
 `--quick` fits fewer images with fewer steps (a smoke test, not a result). The last line is
@@ -80,6 +85,18 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--data", choices=("digits28", "digits8"), default="digits28")
     parser.add_argument("--init", choices=("independent", "shared"), default="independent")
+    parser.add_argument(
+        "--bias-init",
+        choices=("uniform", "zero"),
+        default="uniform",
+        help="the SIRENs' initial biases: Equinox's uniform default, or zero (as DWSNets')",
+    )
+    parser.add_argument(
+        "--augment",
+        action="store_true",
+        help="move every training SIREN by a random rotation, zoom and shift at every step "
+        "(nfn.zoo.augment_siren), for every weight-space model",
+    )
     tasks.add_comparison_flags(parser)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=None)
@@ -98,14 +115,19 @@ def main() -> None:
     height, width = images.shape[1:]
     t0 = time.perf_counter()
     sirens, errors = nfn.zoo.fit_sirens(
-        images, shared_init=args.init == "shared", key=jax.random.key(0), **fit
+        images,
+        shared_init=args.init == "shared",
+        bias_init=args.bias_init,
+        key=jax.random.key(0),
+        **fit,
     )
     errors = np.asarray(errors)
     psnr = nfn.zoo.psnr(errors)
     print(
         f"fitted {len(images)} SIRENs ({height}x{width}, width {fit['width']}, omega0 "
         f"{fit['omega0']:g}, {args.init} init) in {time.perf_counter() - t0:.1f} s "
-        f"({fit['steps']} steps); reconstruction MSE median {np.median(errors):.2e}, max "
+        f"({fit['steps']} steps, {args.bias_init} initial biases); reconstruction MSE median "
+        f"{np.median(errors):.2e}, max "
         f"{np.max(errors):.2e}; PSNR median {np.median(psnr):.1f} dB, min {np.min(psnr):.1f} dB"
     )
     # The decoder gives back the fitted image (a check of the convention, not a metric).
@@ -129,14 +151,37 @@ def main() -> None:
     if args.symmetry:
         models = tasks.SYMMETRY_MODELS
     symmetries = tasks.Symmetries((hnp,), np.zeros(n_train, int))
-    canonical = None
+
+    def canonicalize(w):
+        return symmetries.canonicalize(w, np.zeros(len(jax.tree.leaves(w)[0]), int))
+
+    def move(key, w):
+        # `--augment`: every SIREN of a stack by its own random rotation, zoom and shift.
+        keys = jax.random.split(key, len(jax.tree.leaves(w)[0]))
+        return jax.vmap(lambda k, p: nfn.zoo.augment_siren(p, key=k))(keys, w)
+
+    def prepare(w_train, w_test, fix=lambda w: w):
+        """The scaled stacks and, with `--augment`, the batch augmentation in scaled units
+        (unscale, move, `fix`, rescale); the leaf scales come from one moved copy of the
+        training stack, so the shifted first-layer biases keep a sensible scale."""
+        reference = fix(move(jax.random.key(1), w_train)) if args.augment else w_train
+        scales = tasks.leaf_scales(reference)
+        inverse = [1.0 / x for x in scales]
+
+        def rescale(w, factors):
+            return jax.vmap(lambda p: tasks.scale_leaves(hnp, p, factors))(w)
+
+        stacks = [rescale(w, scales) for w in (w_train, w_test)]
+        if not args.augment:
+            return stacks, None
+        return stacks, lambda key, xb: rescale(fix(move(key, rescale(xb, inverse))), scales)
+
+    canonical = canonical_augment = None
     if any(kind.endswith("+ canon") for kind in models):
-        canonical = [
-            symmetries.canonicalize(w, np.zeros(len(jax.tree.leaves(w)[0]), int))
-            for w in (w_train, w_test)
-        ]
-        canonical = tasks.scale_like_training(hnp, canonical)
-    w_train, w_test = tasks.scale_like_training(hnp, [w_train, w_test])
+        canonical, canonical_augment = prepare(
+            canonicalize(w_train), canonicalize(w_test), canonicalize
+        )
+    (w_train, w_test), augment = prepare(w_train, w_test)
     labels_train, labels_test = jnp.asarray(y_train), np.asarray(y_test)
 
     def cross_entropy(logits, y):
@@ -145,10 +190,10 @@ def main() -> None:
     seeds = list(range(args.seeds))
     keys = jnp.stack([jax.random.key(s) for s in seeds])
 
-    def run(kind, hnp, np_space, train_inputs, test_inputs, label=None):
+    def run(kind, hnp, np_space, train_inputs, test_inputs, label=None, augment=None):
         t0 = time.perf_counter()
         train = tasks.make_train(
-            kind, hnp, np_space, 10, cross_entropy, n_train, config, symmetries
+            kind, hnp, np_space, 10, cross_entropy, n_train, config, symmetries, augment
         )
         train_seeds = jax.jit(jax.vmap(train, in_axes=(0, None, None, None)))
         logits = np.asarray(train_seeds(keys, train_inputs, labels_train, test_inputs))
@@ -157,8 +202,10 @@ def main() -> None:
 
     rows = []
     for kind in models:
-        inputs = canonical if kind.endswith("+ canon") else (w_train, w_test)
-        rows.append((kind, run(kind, hnp, np_space, *inputs)))
+        canon = kind.endswith("+ canon")
+        inputs = canonical if canon else (w_train, w_test)
+        moves = canonical_augment if canon else augment
+        rows.append((kind, run(kind, hnp, np_space, *inputs, augment=moves)))
     means = {kind: np.mean(values) for kind, values in rows}
     best = max(means, key=means.get)
     if args.symmetry:

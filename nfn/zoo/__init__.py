@@ -18,11 +18,13 @@ from nfn.zoo._generate import load_digits_split as load_digits_split
 from nfn.zoo._images import AffineDigitsConfig as AffineDigitsConfig
 from nfn.zoo._images import affine_digits as affine_digits
 from nfn.zoo._inr import OFFSET as OFFSET
+from nfn.zoo._inr import augment_siren as augment_siren
 from nfn.zoo._inr import decode as decode
 from nfn.zoo._inr import fit_sirens as fit_sirens
 from nfn.zoo._inr import pixel_grid as pixel_grid
 from nfn.zoo._inr import psnr as psnr
 from nfn.zoo._inr import siren as siren
+from nfn.zoo._inr import transform_siren as transform_siren
 from nfn.zoo._published import PooledCNN as PooledCNN
 from nfn.zoo._published import load_inr_splits as load_inr_splits
 from nfn.zoo._published import load_small_cnn_zoo as load_small_cnn_zoo

@@ -9,25 +9,40 @@ Convention (what a stored SIREN's weights mean):
   `sin(W x + b)` with no hidden factor, as the weight space sees them). At initialisation the
   first layer is `omega0 * U(-1/2, 1/2)` (fan-in 2) and every later hidden layer
   `U(-sqrt(6/fan_in), sqrt(6/fan_in))` (Sitzmann et al.'s `U(+-sqrt(6/n)/omega0)` times the
-  folded `omega0`); the last layer is `U(-sqrt(6/fan_in)/omega0, sqrt(6/fan_in)/omega0)`, biases
-  `U(-1/sqrt(fan_in), 1/sqrt(fan_in))` (Equinox's default);
+  folded `omega0`); the last layer is `U(-sqrt(6/fan_in)/omega0, sqrt(6/fan_in)/omega0)`. The
+  biases are `U(-1/sqrt(fan_in), 1/sqrt(fan_in))` (Equinox's default, `bias_init="uniform"`,
+  the default) or zero (`bias_init="zero"`, as DWSNets' SIRENs start: no initialisation noise
+  in the biases, which say nothing about the image);
 - a pixel's value is `network(coordinates)[0] + OFFSET`, with `OFFSET = 0.5` for pixels in
   `[0, 1]` (so the fit starts near mid-grey).
 """
+
+from typing import Literal
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree
 
 OFFSET = 0.5
 
 
+BiasInit = Literal["uniform", "zero"]
+
+
 def siren(
-    *, width: int = 16, depth: int = 2, omega0: float = 10.0, key: PRNGKeyArray
+    *,
+    width: int = 16,
+    depth: int = 2,
+    omega0: float = 10.0,
+    bias_init: BiasInit = "uniform",
+    key: PRNGKeyArray,
 ) -> eqx.nn.MLP:
-    """A SIREN at initialisation (see the module's convention)."""
+    """A SIREN at initialisation (see the module's convention): biases Equinox's uniform
+    default (`bias_init="uniform"`) or zero (`"zero"`)."""
+    if bias_init not in ("uniform", "zero"):
+        raise ValueError(f"bias_init must be 'uniform' or 'zero', not {bias_init!r}")
     model = eqx.nn.MLP(2, 1, width, depth, activation=jnp.sin, key=key)
     keys = jax.random.split(jax.random.fold_in(key, 1), len(model.layers))
     weights = []
@@ -40,7 +55,59 @@ def siren(
         else:
             bound = (6.0 / fan_in) ** 0.5 / omega0
         weights.append(jax.random.uniform(keys[k], layer.weight.shape, minval=-bound, maxval=bound))
-    return eqx.tree_at(lambda m: [layer.weight for layer in m.layers], model, weights)
+    model = eqx.tree_at(lambda m: [layer.weight for layer in m.layers], model, weights)
+    if bias_init == "zero":
+        biases = [jnp.zeros_like(layer.bias) for layer in model.layers]
+        model = eqx.tree_at(lambda m: [layer.bias for layer in m.layers], model, biases)
+    return model
+
+
+def transform_siren(
+    model: PyTree,
+    *,
+    rotation: Float[ArrayLike, ""] = 0.0,
+    scale: Float[ArrayLike, ""] = 1.0,
+    translation: Float[ArrayLike, " 2"] | tuple[float, float] = (0.0, 0.0),
+) -> PyTree:
+    """The SIREN of the image whose coordinates are moved: `transform_siren(f)(x) = f(scale *
+    R x + translation)`, with `R` the rotation by `rotation` radians of the `(row, column)`
+    plane (`[[cos, -sin], [sin, cos]]`) and `translation` in the grid's units (the image spans
+    `[-1, 1]` on each axis). Exact in weight space: only the first layer changes (`W0 -> scale
+    * W0 R`, `b0 -> b0 + W0 translation`), every later layer is left as it is. Decoded, the new
+    SIREN shows the image rotated, zoomed and shifted (what lies outside the old image is
+    whatever the SIREN extrapolates).
+
+    `model` is one SIREN (see the module's convention), as an `eqx.nn.MLP` or its array
+    leaves (`eqx.filter(model, eqx.is_array)`); for a batch, `jax.vmap`.
+    """
+    first = model.layers[0]
+    angle = jnp.asarray(rotation, first.weight.dtype)
+    cos, sin = jnp.cos(angle), jnp.sin(angle)
+    rotate = jnp.stack([jnp.stack([cos, -sin]), jnp.stack([sin, cos])])
+    shift = jnp.asarray(translation, first.weight.dtype)
+    weight = jnp.asarray(scale, first.weight.dtype) * (first.weight @ rotate)
+    bias = first.bias + first.weight @ shift
+    return eqx.tree_at(lambda m: (m.layers[0].weight, m.layers[0].bias), model, (weight, bias))
+
+
+def augment_siren(
+    model: PyTree,
+    *,
+    rotation: float = 45.0,
+    scale: float = 0.2,
+    translation: float = 0.25,
+    key: PRNGKeyArray,
+) -> PyTree:
+    """[`nfn.zoo.transform_siren`][] by a random transform, as DWSNets augments its INRs: an
+    angle uniform in `[-rotation, rotation]` degrees, a scale uniform in `[1 - scale, 1 +
+    scale]` and a translation uniform in `[-translation, translation]` on each axis (grid
+    units: the image spans 2). Zero for any of them leaves it out. For a batch, `jax.vmap`
+    over keys and SIRENs."""
+    angle_key, scale_key, shift_key = jax.random.split(key, 3)
+    angle = jnp.deg2rad(rotation) * jax.random.uniform(angle_key, minval=-1.0, maxval=1.0)
+    factor = 1.0 + scale * jax.random.uniform(scale_key, minval=-1.0, maxval=1.0)
+    shift = translation * jax.random.uniform(shift_key, (2,), minval=-1.0, maxval=1.0)
+    return transform_siren(model, rotation=angle, scale=factor, translation=shift)
 
 
 def pixel_grid(height: int, width: int) -> Float[Array, "pixels 2"]:
@@ -66,6 +133,7 @@ def fit_sirens(
     depth: int = 2,
     omega0: float = 10.0,
     shared_init: bool = True,
+    bias_init: BiasInit = "uniform",
     key: PRNGKeyArray,
 ) -> tuple[eqx.nn.MLP, Float[Array, " n"]]:
     """Fit one SIREN to each image (full-batch Adam on the squared error of all pixels, every
@@ -77,16 +145,19 @@ def fit_sirens(
     own. With independent initialisations the differences between initialisations dominate
     the weights: classifying digits from such weights was at chance in
     `examples/inr_classification.py`, for 8x8 and for 28x28 images (see the docs' weight-space
-    tasks).
+    tasks). `bias_init` is [`nfn.zoo.siren`][]'s: `"zero"` starts every bias at zero.
     """
     n, height, width_px = images.shape
     coords = pixel_grid(height, width_px)
     static = eqx.filter(
-        siren(width=width, depth=depth, omega0=omega0, key=key), eqx.is_array, inverse=True
+        siren(width=width, depth=depth, omega0=omega0, bias_init=bias_init, key=key),
+        eqx.is_array,
+        inverse=True,
     )
 
     def fit(key, image):
-        params = eqx.filter(siren(width=width, depth=depth, omega0=omega0, key=key), eqx.is_array)
+        init = siren(width=width, depth=depth, omega0=omega0, bias_init=bias_init, key=key)
+        params = eqx.filter(init, eqx.is_array)
         target = image.ravel() - OFFSET
 
         def loss(params):
