@@ -26,10 +26,7 @@ from nfn_rl.population._presets import population_fields as population_fields
 from nfn_rl.population._trainer import ENVS_AXIS as ENVS_AXIS
 from nfn_rl.population._trainer import Population as Population
 from nfn_rl.population._trainer import PopulationTrainer as PopulationTrainer
-from nfn_rl.population._trainer import device_mesh as device_mesh
 from nfn_rl.population._trainer import policy_lr_at as policy_lr_at
 from nfn_rl.population._trainer import policy_optimizer as policy_optimizer
-from nfn_rl.population._trainer import population_env as population_env
 from nfn_rl.population._trainer import population_setup as population_setup
 from nfn_rl.population._trainer import with_policy_lr as with_policy_lr
-from nfn_rl.population._trainer import with_resolved_backend as with_resolved_backend
