@@ -70,10 +70,13 @@ def load_images(data: str, quick: bool):
         fit = dict(steps=500, learning_rate=1e-2, width=16, depth=2, omega0=10.0)
         n_train, n_test = (256, 128) if quick else (len(y_train), len(y_test))
     else:
-        splits = nfn.zoo.affine_digits()
+        n_train, n_test = (200, 100) if quick else (2000, 500)
+        # Quick mode draws only the images it uses: the sources and transforms of a smaller
+        # set, not a prefix of the full one.
+        sizes = dict(train=n_train, val=10, test=n_test) if quick else {}
+        splits = nfn.zoo.affine_digits(nfn.zoo.AffineDigitsConfig(**sizes))
         (x_train, y_train), (x_test, y_test) = splits["train"], splits["test"]
         fit = dict(steps=150, learning_rate=1e-2, width=32, depth=2, omega0=30.0)
-        n_train, n_test = (200, 100) if quick else (2000, 500)
     if quick:
         fit["steps"] = 30 if data == "digits28" else 100
     arrays = [np.asarray(x) for x in (x_train, y_train, x_test, y_test)]

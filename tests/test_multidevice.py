@@ -27,13 +27,13 @@ SEED = 3
 
 
 def _import_nfn_rl():
-    """`nfn_rl` with the same checks as the test suite's (pyproject's --jaxtyping-packages), and
-    its compilation cache."""
+    """`nfn_rl` with the suite's compilation cache. Without the jaxtyping hook: the suite's own
+    process checks the same functions' shapes, and the hook costs each subprocess about 3 s of
+    import and slower tracing (measured)."""
     import jax
-    from jaxtyping import install_import_hook
 
-    with install_import_hook(["nfn", "nfn_rl"], "beartype.beartype"):
-        import nfn_rl
+    import nfn_rl
+
     nfn_rl.enable_compilation_cache()
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     return nfn_rl
@@ -43,7 +43,7 @@ def trained_run_facts(nfn_rl, config, trainer, state, run_dir: pathlib.Path) -> 
     """What the multi-device and multi-process tests compare after training in ``run_dir``: its
     metrics, where one more collection's returns live (``returns_shards``: this process's
     shards), and the error for a ``num_envs`` (9) the devices do not divide. ``nfn_rl`` is passed
-    in because the subprocesses import it under the jaxtyping hook."""
+    in because the subprocesses import it themselves."""
     import dataclasses
 
     import equinox as eqx

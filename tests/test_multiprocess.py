@@ -36,11 +36,10 @@ def _script(mode: str, out_dir: str) -> None:
     """The subprocess: train `CONFIG` in `out_dir` as `mode` says; process 0 prints JSON."""
 
     import jax
-    from jaxtyping import install_import_hook
 
-    # The same checks as the test suite's (pyproject's --jaxtyping-packages), and its cache.
-    with install_import_hook(["nfn", "nfn_rl"], "beartype.beartype"):
-        import nfn_rl
+    # Without the jaxtyping hook, as in test_multidevice: the suite's process checks the shapes.
+    import nfn_rl
+
     # First, before any computation: joins the other processes under `nfn_rl.launch`.
     nfn_rl.initialize_distributed()
     nfn_rl.enable_compilation_cache()
