@@ -11,7 +11,7 @@ from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 from nfn._attention import EquivariantAttention
 from nfn._equivariant import EquivariantLinear
 from nfn._invariant import InvariantLinear
-from nfn._pointwise import ChannelLayerNorm, FeatureDropout
+from nfn._pointwise import AbstractDropoutModule, ChannelLayerNorm, FeatureDropout
 from nfn._spec import WeightSpace
 
 Norm = Literal["layer"] | None
@@ -77,7 +77,7 @@ def _with_space(layers, space: WeightSpace):
     return None if layers is None else tuple(layer.with_space(space) for layer in layers)
 
 
-class EquivariantNetwork(eqx.Module):
+class EquivariantNetwork(AbstractDropoutModule):
     """A stack of equivariant layers: `[EquivariantLinear -> (ChannelLayerNorm) -> act ->
     (dropout) -> (x + EquivariantAttention(x))] x (depth - 1) -> EquivariantLinear`. Maps
     features to features of the same space.
@@ -142,15 +142,9 @@ class EquivariantNetwork(eqx.Module):
         self.activation = activation
         self.dropout, self.inference = dropout, inference
 
-    def __call__(
-        self,
-        features: PyTree[Float[Array, "..."]],
-        *,
-        key: PRNGKeyArray | None = None,
-        inference: bool | None = None,
+    def _forward(
+        self, features: PyTree[Float[Array, "..."]], *, key: PRNGKeyArray | None, inference: bool
     ) -> PyTree[Float[Array, "..."]]:
-        """Map one network's features; `key` is needed when dropout is active."""
-        inference = self.inference if inference is None else inference
         hidden = self.layers[:-1]
         keys = _dropout_keys(self.dropout, inference, key, len(hidden))
         features = _hidden_blocks(
@@ -172,7 +166,7 @@ class EquivariantNetwork(eqx.Module):
         )
 
 
-class InvariantEncoder(eqx.Module):
+class InvariantEncoder(AbstractDropoutModule):
     """A permutation-invariant encoder of one network: `[EquivariantLinear ->
     (ChannelLayerNorm) -> act -> (dropout) -> (x + EquivariantAttention(x))] x depth ->
     InvariantLinear -> act -> (dropout) -> MLP head`.
@@ -259,15 +253,9 @@ class InvariantEncoder(eqx.Module):
         self.activation = activation
         self.dropout, self.inference = dropout, inference
 
-    def __call__(
-        self,
-        features: PyTree[Float[Array, "..."]],
-        *,
-        key: PRNGKeyArray | None = None,
-        inference: bool | None = None,
+    def _forward(
+        self, features: PyTree[Float[Array, "..."]], *, key: PRNGKeyArray | None, inference: bool
     ) -> Float[Array, "..."]:
-        """Encode one network's features; `key` is needed when dropout is active."""
-        inference = self.inference if inference is None else inference
         keys = _dropout_keys(self.dropout, inference, key, len(self.equivariant) + len(self.head))
         features = _hidden_blocks(
             self.equivariant,

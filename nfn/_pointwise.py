@@ -4,6 +4,7 @@ Acting identically at every position of every leaf commutes with any permutation
 so all of these are equivariant.
 """
 
+import abc
 from collections.abc import Callable
 
 import equinox as eqx
@@ -69,7 +70,31 @@ class ChannelLayerNorm(eqx.Module):
         return self.space.unflatten(out)
 
 
-class FeatureDropout(eqx.Module):
+class AbstractDropoutModule(eqx.Module):
+    """A module whose call may drop features out: the call's `inference` (default: the
+    module's own) turns dropout off, and otherwise a `key` drives it (as `eqx.nn.Dropout`)."""
+
+    inference: eqx.AbstractVar[bool]
+
+    def __call__(
+        self,
+        features: PyTree[Float[Array, "..."]],
+        *,
+        key: PRNGKeyArray | None = None,
+        inference: bool | None = None,
+    ) -> PyTree[Float[Array, "..."]]:
+        """Apply the module to one network's features; `key` is needed when dropout is active."""
+        inference = self.inference if inference is None else inference
+        return self._forward(features, key=key, inference=inference)
+
+    @abc.abstractmethod
+    def _forward(
+        self, features: PyTree[Float[Array, "..."]], *, key: PRNGKeyArray | None, inference: bool
+    ) -> PyTree[Float[Array, "..."]]:
+        """The call, with `inference` resolved."""
+
+
+class FeatureDropout(AbstractDropoutModule):
     """Dropout on every entry of every leaf. Equivariant in distribution.
 
     Pass `inference=True` (or build with `inference=True`) to disable it; otherwise a `key` is
@@ -84,14 +109,9 @@ class FeatureDropout(eqx.Module):
             raise ValueError(f"dropout probability p must be in [0, 1), got {p!r}")
         self.p, self.inference = p, inference
 
-    def __call__(
-        self,
-        features: PyTree[Float[Array, "..."]],
-        *,
-        key: PRNGKeyArray | None = None,
-        inference: bool | None = None,
+    def _forward(
+        self, features: PyTree[Float[Array, "..."]], *, key: PRNGKeyArray | None, inference: bool
     ) -> PyTree[Float[Array, "..."]]:
-        inference = self.inference if inference is None else inference
         if inference or self.p == 0.0:
             return features
         if key is None:

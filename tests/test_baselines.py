@@ -154,24 +154,23 @@ def test_ppo_solves_cartpole(tmp_path):
     assert max(evals) >= 190, evals
 
 
-@pytest.mark.parametrize("algo", ["ppo", "sac"])
+# Each algorithm's config class and the settings of its run that learns the Reach task (over
+# the shared cadence: PPO evaluates at every log, SAC at every other).
+REACH_RUNS = {
+    "ppo": (baselines.PPOConfig, dict(unroll_length=8, iterations=80)),
+    "sac": (
+        baselines.SACConfig,
+        dict(iterations=240, discount=0.9, batch_size=64, min_replay=64, eval_interval=40),
+    ),
+}
+
+
+@pytest.mark.parametrize("algo", sorted(REACH_RUNS))
 def test_continuous_control_learns_the_reach_task(tmp_path, algo):
     env = Reach()
-    common = dict(num_envs=16, eval_episodes=32, log_interval=20, checkpoint_interval=40)
-    if algo == "ppo":
-        config = baselines.PPOConfig(
-            **common, unroll_length=8, iterations=80, learning_rate=1e-3, eval_interval=20
-        )
-    else:
-        config = baselines.SACConfig(
-            **common,
-            iterations=240,
-            discount=0.9,
-            batch_size=64,
-            min_replay=64,
-            eval_interval=40,
-            learning_rate=1e-3,
-        )
+    config_class, settings = REACH_RUNS[algo]
+    cadence_fields = cadence(log=20, checkpoint=40, episodes=32)
+    config = config_class(num_envs=16, learning_rate=1e-3, **cadence_fields | settings)
     trainer, state, evals = _evals(tmp_path, config, env)
     start = float(trainer.evaluate(trainer.init(jax.random.key(0)), key=jax.random.key(0)))
     final = float(trainer.evaluate(state, key=jax.random.key(0)))

@@ -100,7 +100,22 @@ class _Outcome:
         return (self.lengths, self.returns, *moments, *trajectory)
 
 
-class PhysicsPool:
+class HostResource(abc.ABC):
+    """A host object that holds threads or native resources until `close`; leaving a `with`
+    block closes it."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the resources; no episodes after."""
+
+    def __enter__(self) -> "HostResource":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class PhysicsPool(HostResource):
     """``mujoco.rollout``'s thread pool for one task's model, and the episodes it plays.
 
     A plain class, not an `equinox.Module`: it owns a native thread pool and per-thread ``MjData``
@@ -156,12 +171,6 @@ class PhysicsPool:
                 self._executor.shutdown()
                 self._pool.close()
                 self._pool = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def states(
         self, qpos: Float[np.ndarray, "n nq"], qvel: Float[np.ndarray, "n nv"]

@@ -20,7 +20,14 @@ import mujoco
 import numpy as np
 from jaxtyping import Bool, Float, PyTree
 
-from nfn_rl.envs._batched import Actor, BatchedTask, PhysicsPool, Trajectory, unpack_mlp
+from nfn_rl.envs._batched import (
+    Actor,
+    BatchedTask,
+    HostResource,
+    PhysicsPool,
+    Trajectory,
+    unpack_mlp,
+)
 
 _ASSETS = os.path.join(os.path.dirname(gymnasium.__file__), "envs", "mujoco", "assets")
 
@@ -188,7 +195,7 @@ NATIVE_GYMNASIUM_TASKS: dict[str, type[GymnasiumTask]] = {
 """The Gymnasium ids with a native batched version."""
 
 
-class NativeGymnasiumRollout:
+class NativeGymnasiumRollout(HostResource):
     """Episodes of a native `GymnasiumTask` for ``n`` MLP policies at once, on one `PhysicsPool`.
 
     ``NativeGymnasiumRollout("Swimmer-v5", num_threads=None)``. Host code: NumPy in, NumPy out.
@@ -209,12 +216,6 @@ class NativeGymnasiumRollout:
     def close(self) -> None:
         """Stop the thread pool; no episodes after."""
         self.pool.close()
-
-    def __enter__(self) -> "NativeGymnasiumRollout":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def reset_states(self, seeds: Sequence[int]) -> Float[np.ndarray, "n nstate"]:
         """The physics states Gymnasium's ``reset(seed=s)`` starts from, one per seed."""

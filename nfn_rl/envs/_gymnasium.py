@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, PRNGKeyArray, PyTree, UInt32
 
-from nfn_rl.envs._batched import unpack_mlp
+from nfn_rl.envs._batched import HostResource, unpack_mlp
 from nfn_rl.envs._callback import episode_shapes, flatten_batch, host_results
 from nfn_rl.envs._gym_tasks import NATIVE_GYMNASIUM_TASKS, NativeGymnasiumRollout
 from nfn_rl.envs._protocol import Environment, EnvState
@@ -39,7 +39,7 @@ def seeds_of(key_data: UInt32[np.ndarray, "*batch 2"]) -> list[int]:
     return [int(high) << 32 | int(low) for high, low in words]
 
 
-class GymnasiumVectorRollout:
+class GymnasiumVectorRollout(HostResource):
     """Episodes of any Gymnasium env for ``n`` MLP policies at once, stepped by Gymnasium's
     ``SyncVectorEnv`` (one ``env.step`` per episode and step, in Python).
 
@@ -62,12 +62,6 @@ class GymnasiumVectorRollout:
             for env in self._vector_envs.values():
                 env.close()
             self._vector_envs.clear()
-
-    def __enter__(self) -> "GymnasiumVectorRollout":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def _vector_env(self, num: int) -> gymnasium.vector.SyncVectorEnv:
         if num not in self._vector_envs:
