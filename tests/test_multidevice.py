@@ -106,7 +106,8 @@ def _start(devices: int, out_dir: pathlib.Path) -> subprocess.Popen:
     env = dict(
         os.environ,
         JAX_PLATFORMS="cpu",
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} "
+        f"--xla_force_host_platform_device_count={devices}",
     )
     return subprocess.Popen(
         [sys.executable, __file__, str(out_dir)],

@@ -85,7 +85,8 @@ def _start(out_dir: pathlib.Path, *, processes: int = 1, devices: int = 1, mode:
     env = dict(
         os.environ,
         JAX_PLATFORMS="cpu",
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} "
+        f"--xla_force_host_platform_device_count={devices}",
         PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
     )
     command = [sys.executable, __file__, mode, str(out_dir)]
