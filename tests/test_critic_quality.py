@@ -183,6 +183,29 @@ def test_antithetic_pairs_mirror_each_other_around_the_centre(trainer_and_state)
         nfn_rl.EPVFConfig(antithetic=True, multiple_policies=True)
 
 
+def test_a_reward_shift_reaches_what_is_learned_from_and_not_the_reported_returns(
+    trainer_and_state,
+):
+    """Cartpole pays 1 per step, so a shift of 0.25 per step leaves 0.75 of every return in the
+    buffer the critic fits, while the metrics keep the environment's returns."""
+    trainer, state = trainer_and_state
+    shifted = nfn_rl.make_trainer(dataclasses.replace(CARTPOLE, reward_shift=0.25))
+    key = jax.random.key(5)
+    plain_state, plain = eqx.filter_jit(trainer.update)(state, key)
+    shifted_state, metrics = eqx.filter_jit(shifted.update)(state, key)
+    for name in ("return_mean", "return_max", "episode_steps"):
+        assert float(metrics[name]) == float(plain[name]), name
+    plain_returns = np.asarray(plain_state.buffer.items[1][: CARTPOLE.num_envs])
+    assert plain_returns.min() >= 1.0
+    np.testing.assert_allclose(
+        np.asarray(shifted_state.buffer.items[1][: CARTPOLE.num_envs]),
+        0.75 * plain_returns,
+        rtol=1e-6,
+    )
+    with pytest.raises(ValueError, match="ESConfig.reward_shift"):
+        baselines.ESConfig(reward_shift=float("nan"))
+
+
 # --- the metrics in every run ----------------------------------------------------------------
 
 

@@ -99,7 +99,7 @@ class ESTrainer(PopulationTrainer):
         config = self.config
         skipped_before = skipped_steps(state.policy_opt_state)
         population = self.collect(state.policy, key=key, observations=state.observations)
-        candidates, returns = population.params, population.returns
+        candidates, returns = population.params, self.learning_returns(population)
         finite = jnp.isfinite(returns)
         centre = jax.tree.map(lambda x: x[0], state.policy)
         fitness = shape_returns(config.fitness_shaping, returns, finite)

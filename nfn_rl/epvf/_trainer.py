@@ -234,7 +234,7 @@ class EPVFTrainer(PopulationTrainer):
             observations=state.observations,
             multiple_policies=config.multiple_policies,
         )
-        candidates, returns = population.params, population.returns
+        candidates, returns = population.params, self.learning_returns(population)
         # Non-finite returns would poison every later critic fit: they never enter the buffer.
         finite = jnp.isfinite(returns)
         quality = self.critic_quality(state.critic, candidates, returns, finite)

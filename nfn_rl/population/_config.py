@@ -44,6 +44,11 @@ class PerturbationConfig(TrainConfig):
         observation_normalization: policies act on ``(obs - mean) / std`` with the running
             moments of every observation the rollouts have seen, updated after each iteration
             (`nfn_rl.population.ObservationNormalizer`; ARS and PSSVF use it). Off in the paper.
+        reward_shift: subtracted from every step's reward in the returns the method learns
+            from, i.e. `return - reward_shift * episode length`: ARS's `shift`, which removes a
+            survival bonus (1 per step for Hopper, Walker2d and Ant) so that standing still is
+            no longer worth a full episode's bonus. The metrics and evaluations report the
+            environment's own returns. 0 (off) in the paper.
         backend: how the Ant's episodes are simulated: "mjx" (jitted MJX, for accelerators),
             "native" (MuJoCo's C engine on the host's threads, `nfn_rl.envs.NativeAnt`), or
             "auto": native when JAX runs on one CPU device (per process), MJX otherwise. Other
@@ -66,6 +71,7 @@ class PerturbationConfig(TrainConfig):
     policy_width: int = 64
     policy_depth: int = 2
     observation_normalization: bool = False
+    reward_shift: float = 0.0
     backend: str = "auto"
 
     def __post_init__(self):
@@ -79,7 +85,8 @@ class PerturbationConfig(TrainConfig):
         check_int(owner, "policy_depth", self.policy_depth, minimum=0)
         for name in ("policy_lr", "policy_lr_end", "noise_scale"):
             check_float(owner, name, getattr(self, name), positive=True)
-        check_float(owner, "weight_decay", self.weight_decay, positive=False)
+        for name in ("weight_decay", "reward_shift"):
+            check_float(owner, name, getattr(self, name), positive=False)
         for name in ("perturbed_weight_clip", "weight_clip"):
             if getattr(self, name) is not None:
                 check_float(owner, name, getattr(self, name), positive=True)

@@ -143,6 +143,13 @@ class PopulationTrainer(Trainer):
             "skipped_updates": skipped_updates,
         }
 
+    def learning_returns(self, population: Population) -> Float[Array, " envs"]:
+        """The returns the method learns from: the population's, less `reward_shift` per step
+        (`PerturbationConfig.reward_shift`)."""
+        if self.config.reward_shift == 0.0:
+            return population.returns
+        return population.returns - self.config.reward_shift * population.lengths
+
     def value_of(self, value: eqx.Module, params: PyTree[Array]) -> Float[Array, " n"]:
         """`value(policy)` of each stacked policy in `params`."""
         return jax.vmap(lambda p: value(eqx.combine(p, self.policy_static)))(params)
