@@ -145,9 +145,7 @@ class PopulationTrainer(Trainer):
 
     def learning_returns(self, population: Population) -> Float[Array, " envs"]:
         """The returns the method learns from: the population's, less `reward_shift` per step
-        (`PerturbationConfig.reward_shift`)."""
-        if self.config.reward_shift == 0.0:
-            return population.returns
+        (`PerturbationConfig.reward_shift`; 0 leaves them exactly as they are)."""
         return population.returns - self.config.reward_shift * population.lengths
 
     def value_of(self, value: eqx.Module, params: PyTree[Array]) -> Float[Array, " n"]:
