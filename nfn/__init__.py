@@ -69,6 +69,7 @@ from nfn._pointwise import (
 from nfn._pointwise import (
     Pointwise as Pointwise,
 )
+from nfn._probes import ProbeFeatures as ProbeFeatures
 from nfn._spec import LeafSpace as LeafSpace
 from nfn._spec import NeuronSymmetry as NeuronSymmetry
 from nfn._spec import Packed as Packed
