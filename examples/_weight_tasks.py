@@ -103,10 +103,13 @@ def scale_like_training(space: nfn.WeightSpace, stacks: list) -> list:
 
 
 class WeightModel(eqx.Module):
-    """One of `MODELS`: one network's (scaled) parameters in, `out_size` numbers out."""
+    """One of `MODELS`: one network's (scaled) parameters in, `out_size` numbers out. With
+    `in_channels > 1` (the UNF encoders only) the input is already features of that many
+    channels (e.g. the parameters next to their `nfn.ProbeFeatures`)."""
 
     kind: str = eqx.field(static=True)
     space: nfn.WeightSpace = eqx.field(static=True)
+    in_channels: int = eqx.field(static=True)
     body: eqx.Module
 
     def __init__(
@@ -118,11 +121,15 @@ class WeightModel(eqx.Module):
         *,
         width: int = 64,
         channels: int = 16,
+        in_channels: int = 1,
         key: PRNGKeyArray,
     ):
-        # "+ canon" and "+ sym aug" change the data, not the model.
-        kind = kind.removesuffix(" + canon").removesuffix(" + sym aug")
-        self.kind, self.space = kind, hnp
+        # "+ canon", "+ sym aug" and "+ probes" change the data, not the model.
+        for data_change in (" + canon", " + sym aug", " + probes"):
+            kind = kind.removesuffix(data_change)
+        if in_channels != 1 and kind not in ATTENTION_MODELS:
+            raise ValueError(f"model {kind!r} reads parameters, not {in_channels}-channel features")
+        self.kind, self.space, self.in_channels = kind, hnp, in_channels
         if kind in ("flat MLP", "flat MLP + aug"):
             self.body = eqx.nn.MLP(hnp.num_parameters, out_size, width, 2, key=key)
         elif kind == "statistics":
@@ -135,6 +142,7 @@ class WeightModel(eqx.Module):
             self.body = nfn.InvariantEncoder(
                 space,
                 out_size,
+                in_channels=in_channels,
                 hidden_channels=channels,
                 depth=2,
                 invariant_features=width,
@@ -154,7 +162,7 @@ class WeightModel(eqx.Module):
         if self.kind == "statistics":
             return self.body(nfn.StatisticsFeaturizer(self.space)(nfn.to_features(params)))
         # UNF NP and HNP read the same arrays; only the space (which axes are tied) differs.
-        return self.body(nfn.to_features(params))
+        return self.body(nfn.to_features(params) if self.in_channels == 1 else params)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,13 +192,15 @@ def make_train(
     config: TrainConfig,
     symmetries: Symmetries | None = None,
     augment_batch: Callable[[PRNGKeyArray, PyTree], PyTree] | None = None,
+    in_channels: int = 1,
 ):
     """`train(key, x_train, y_train, x_eval) -> predictions on x_eval` for one seed of one
     model trained on `n` networks (the data are arguments, not constants folded into the
     compiled program). `"... + sym aug"` models need `symmetries` (of the training networks);
     `"... + canon"` ones expect canonicalised networks. `augment_batch(key, batch)`, if given,
     moves every training batch before anything else (any model; e.g. image transforms of
-    SIRENs, `nfn.zoo.augment_siren`)."""
+    SIRENs, `nfn.zoo.augment_siren`). `in_channels > 1`: the data are features of that many
+    channels, not parameters (UNF models)."""
     steps = max(n // config.batch_size, 1)
     batch = min(config.batch_size, n)
     augment = kind == "flat MLP + aug"
@@ -207,6 +217,7 @@ def make_train(
             out_size,
             width=config.width,
             channels=config.channels,
+            in_channels=in_channels,
             key=init_key,
         )
         params, static = eqx.partition(model, eqx.is_inexact_array)

@@ -2,17 +2,22 @@
 `python examples/inr_classification.py [--quick] [--data digits28|digits8] [--init
 independent|shared] [--attention | --symmetry] [--seeds 3]`.
 
-Default (`--data digits28 --init independent`, the published protocol's shape): 2,500 28x28
-digits from `nfn.zoo.affine_digits` (2,000 training, 500 test images, from disjoint source
+Default (`--data digits28 --init independent`, the published protocol's shape): 4,500 28x28
+digits from `nfn.zoo.affine_digits` (4,000 training, 500 test images, from disjoint source
 digits), one SIREN 2 -> 32 -> 32 -> 1 per image (`omega0 = 30`, SIREN initialisation, every
-image from its own random initialisation; 150 full-batch Adam steps), then the models of
-`MODELS` below classify the digit from the SIREN's weights, and an MLP on the raw pixels gives
-the ceiling. `--init shared` starts every fit from one initialisation instead.
+image from its own random initialisation; 100 full-batch Adam steps), then the models of
+`INR_MODELS` below classify the digit from the SIREN's weights, and an MLP on the raw pixels
+gives the ceiling. "UNF HNP + probes" reads the weights next to their `nfn.ProbeFeatures` on
+an 8x8 grid of probe inputs (each neuron's output and each edge's message there); the
+"probe outputs" row is an MLP on the SIREN's 64 outputs at those probes alone (the function,
+not the weights), the reference that shows what the weights add. `--init shared` starts
+every fit from one initialisation instead.
 `--bias-init zero` starts every SIREN's biases at zero (DWSNets' initialisation) instead of
 Equinox's uniform default; `--augment` moves every training SIREN by a random rotation (+-45
 degrees), zoom (1 +- 0.2) and shift (+-0.25 of the image's half-width) at every step, exactly in
 weight space (`nfn.zoo.augment_siren`, DWSNets' INR augmentations), for every weight-space
-model (the pixel MLP is not augmented).
+model but "UNF HNP + probes", whose probe features would not follow the moves (the pixel MLP
+is not augmented either).
 `--data digits8` is the earlier setting: scikit-learn's 1,797 8x8 digits, SIRENs 2 -> 16 ->
 16 -> 1 with `omega0 = 10`, 500 steps, split `nfn.zoo.load_digits_split` (497 test digits).
 `--quick` fits fewer images with fewer steps (a smoke test, not a result). The last line is
@@ -37,9 +42,17 @@ import numpy as np
 import nfn
 import nfn.zoo
 
-# The weight-space models of the INR comparison (`_weight_tasks.MODELS` and two more UNF
-# variants: attention blocks, and sign-canonicalised SIRENs).
-INR_MODELS: tuple[str, ...] = (*tasks.MODELS, "UNF HNP + attention", "UNF HNP + canon")
+# The weight-space models of the INR comparison (`_weight_tasks.MODELS` and three more UNF
+# variants: attention blocks, sign-canonicalised SIRENs, and probe features).
+INR_MODELS: tuple[str, ...] = (
+    *tasks.MODELS,
+    "UNF HNP + attention",
+    "UNF HNP + canon",
+    "UNF HNP + probes",
+)
+# The probe inputs of "UNF HNP + probes": the pixel centres of an 8x8 image, in the SIRENs'
+# coordinates.
+PROBE_GRID = 8
 
 
 def save_reconstructions(sirens, images, indices, path: str) -> None:
@@ -70,17 +83,35 @@ def load_images(data: str, quick: bool):
         fit = dict(steps=500, learning_rate=1e-2, width=16, depth=2, omega0=10.0)
         n_train, n_test = (256, 128) if quick else (len(y_train), len(y_test))
     else:
-        n_train, n_test = (200, 100) if quick else (2000, 500)
+        n_train, n_test = (200, 100) if quick else (4000, 500)
         # Quick mode draws only the images it uses: the sources and transforms of a smaller
         # set, not a prefix of the full one.
         sizes = dict(train=n_train, val=10, test=n_test) if quick else {}
         splits = nfn.zoo.affine_digits(nfn.zoo.AffineDigitsConfig(**sizes))
         (x_train, y_train), (x_test, y_test) = splits["train"], splits["test"]
-        fit = dict(steps=150, learning_rate=1e-2, width=32, depth=2, omega0=30.0)
+        fit = dict(steps=100, learning_rate=1e-2, width=32, depth=2, omega0=30.0)
     if quick:
         fit["steps"] = 30 if data == "digits28" else 100
     arrays = [np.asarray(x) for x in (x_train, y_train, x_test, y_test)]
     return arrays[0][:n_train], arrays[1][:n_train], arrays[2][:n_test], arrays[3][:n_test], fit
+
+
+def probe_inputs(probe: nfn.ProbeFeatures, params, n_train: int):
+    """The training and test stacks of "UNF HNP + probes": every SIREN's parameters (one
+    channel) next to its probe features (`probe.channels` more), each leaf of each divided by
+    one standard deviation over the training SIRENs (`_weight_tasks.leaf_scales`: one scalar
+    per leaf keeps the permutation symmetry)."""
+    features = jax.tree.map(lambda x: x[..., None], params), jax.vmap(probe)(params)
+    scaled = []
+    for tree in features:
+        scales = tasks.leaf_scales(jax.tree.map(lambda x: x[:n_train], tree))
+        leaves = [x / s for x, s in zip(jax.tree.leaves(tree), scales, strict=True)]
+        scaled.append(jax.tree.unflatten(jax.tree.structure(tree), leaves))
+    both = jax.tree.map(lambda w, f: jnp.concatenate([w, f], -1), *scaled)
+    return tuple(
+        jax.tree.map(lambda x, part=part: x[part], both)
+        for part in (slice(None, n_train), slice(n_train, None))
+    )
 
 
 def main() -> None:
@@ -109,7 +140,9 @@ def main() -> None:
     args = parser.parse_args()
     start = time.perf_counter()
     x_train, y_train, x_test, y_test, fit = load_images(args.data, args.quick)
-    epochs = args.epochs or (4 if args.quick else (100 if args.data == "digits8" else 20))
+    # Quick mode trains 40 epochs of its 200 SIRENs (120 steps), enough for the ordering of the
+    # full run (a weight-space model above the flat MLP) to show.
+    epochs = args.epochs or (40 if args.quick else (100 if args.data == "digits8" else 20))
     if args.quick:
         config = tasks.TrainConfig(epochs=epochs, width=32, channels=8)
     else:
@@ -149,6 +182,8 @@ def main() -> None:
     w_train = jax.tree.map(lambda x: x[:n_train], params)
     w_test = jax.tree.map(lambda x: x[n_train:], params)
     models = INR_MODELS
+    if args.augment:
+        models = tuple(kind for kind in models if not kind.endswith("+ probes"))
     if args.attention:
         models = tasks.ATTENTION_MODELS
     if args.symmetry:
@@ -179,6 +214,11 @@ def main() -> None:
             return stacks, None
         return stacks, lambda key, xb: rescale(fix(move(key, rescale(xb, inverse))), scales)
 
+    probe = nfn.ProbeFeatures(model0, nfn.zoo.pixel_grid(PROBE_GRID, PROBE_GRID))
+    probe_outputs = jax.vmap(lambda p: probe(p).layers[-1].bias[0])(params)
+    with_probes = None
+    if any(kind.endswith("+ probes") for kind in models):
+        with_probes = probe_inputs(probe, params, n_train)
     canonical = canonical_augment = None
     if any(kind.endswith("+ canon") for kind in models):
         canonical, canonical_augment = prepare(
@@ -193,10 +233,10 @@ def main() -> None:
     seeds = list(range(args.seeds))
     keys = jnp.stack([jax.random.key(s) for s in seeds])
 
-    def run(kind, hnp, np_space, train_inputs, test_inputs, label=None, augment=None):
+    def run(kind, hnp, np_space, train_inputs, test_inputs, label=None, augment=None, channels=1):
         t0 = time.perf_counter()
         train = tasks.make_train(
-            kind, hnp, np_space, 10, cross_entropy, n_train, config, symmetries, augment
+            kind, hnp, np_space, 10, cross_entropy, n_train, config, symmetries, augment, channels
         )
         train_seeds = jax.jit(jax.vmap(train, in_axes=(0, None, None, None)))
         logits = np.asarray(train_seeds(keys, train_inputs, labels_train, test_inputs))
@@ -205,6 +245,10 @@ def main() -> None:
 
     rows = []
     for kind in models:
+        if kind.endswith("+ probes"):
+            channels = 1 + probe.channels
+            rows.append((kind, run(kind, hnp, np_space, *with_probes, channels=channels)))
+            continue
         canon = kind.endswith("+ canon")
         inputs = canonical if canon else (w_train, w_test)
         moves = canonical_augment if canon else augment
@@ -224,6 +268,18 @@ def main() -> None:
     label = "pixels MLP (not weights)"
     pixels = run("flat MLP", pixel_space, pixel_space, pixels_train, pixels_test, label)
     rows.append((label, pixels))
+    # The function, not the weights: an MLP on the SIREN's outputs at the probes alone.
+    outputs = probe_outputs / jnp.std(probe_outputs[:n_train])
+    output_space = nfn.WeightSpace.from_spec(outputs[0], (None,))
+    label = f"probe outputs MLP ({probe.channels} values, not weights)"
+    rows.append(
+        (
+            label,
+            run(
+                "flat MLP", output_space, output_space, outputs[:n_train], outputs[n_train:], label
+            ),
+        )
+    )
     print()
     print(tasks.table(rows, "acc", seeds))
     print(f"\ntotal {time.perf_counter() - start:.1f} s")
