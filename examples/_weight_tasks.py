@@ -125,7 +125,7 @@ class WeightModel(eqx.Module):
         key: PRNGKeyArray,
     ):
         # "+ canon", "+ sym aug" and "+ probes" change the data, not the model.
-        for data_change in (" + canon", " + sym aug", " + probes"):
+        for data_change in (" + canon", " + sym aug", " + probes + aug", " + probes"):
             kind = kind.removesuffix(data_change)
         if in_channels != 1 and kind not in ATTENTION_MODELS:
             raise ValueError(f"model {kind!r} reads parameters, not {in_channels}-channel features")

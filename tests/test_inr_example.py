@@ -13,7 +13,7 @@ MODELS = (
     "UNF HNP",
     "UNF HNP + attention",
     "UNF HNP + canon",
-    "UNF HNP + probes",
+    "UNF HNP + probes + aug",
 )
 REFERENCES = ("pixels MLP (not weights)", "probe outputs MLP (64 values, not weights)")
 
