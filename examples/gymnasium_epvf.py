@@ -1,14 +1,19 @@
-"""EPVF on Gymnasium's MuJoCo tasks (natively batched on MuJoCo's C engine), CPU-sized per task.
+"""EPVF on Gymnasium's MuJoCo tasks (natively batched on MuJoCo's C engine), CPU-sized per task,
+and the critic-free ES anchor on the same populations.
 
     python examples/gymnasium_epvf.py --env Swimmer-v5 --seeds 3
+    python examples/gymnasium_epvf.py --env Swimmer-v5 --seeds 3 --algo es  # the ES anchor
     python examples/gymnasium_epvf.py --env InvertedPendulum-v5 --seeds 3
     python examples/gymnasium_epvf.py --env Hopper-v5 --config.iterations 400
     python examples/gymnasium_epvf.py --env Swimmer-v5 --resume        # continue a run
     python examples/gymnasium_epvf.py --evaluate --out runs/gymnasium_epvf/Swimmer-v5  # report
 
 `--env` chooses the starting config (`TASK_DEFAULTS`; any other registered Gymnasium id starts
-from the InvertedPendulum one); every `EPVFConfig` field is a flag of its own (`--help`). Each
-run directory (default runs/gymnasium_epvf/<env>, OUT/seed_<s> with several seeds) gets
+from the InvertedPendulum one); every `EPVFConfig` field is a flag of its own (`--help`).
+`--algo es` trains `nfn_rl.baselines.ESConfig` (antithetic pairs, centred ranks) with the
+task's policy, noise, population and learning-rate schedule instead, so the two differ only in
+how the returns become a policy step; its flags are `ESConfig`'s. Each run directory (default
+runs/gymnasium_<algo>/<env>, OUT/seed_<s> with several seeds) gets
 config.json, metrics.csv and checkpoint.eqx. The report evaluates each seed's final policy on
 `EVAL_EPISODES` reset-noise episodes and compares the mean with Gymnasium's `reward_threshold`.
 """
@@ -17,13 +22,15 @@ import dataclasses
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import _cli
 import jax
 import numpy as np
 
 import nfn_rl
+from nfn_rl import baselines
+from nfn_rl.population import PerturbationConfig
 
 # A small deterministic policy, Gaussian parameter noise, a flat critic on EPVFConfig's FIFO
 # buffer (Faccio et al.'s 1e5 pairs) fitted to standardised targets.
@@ -63,22 +70,47 @@ EVAL_EPISODES = 20
 
 @dataclasses.dataclass(frozen=True)
 class Args(_cli.RunFlags):
-    """EPVF on a Gymnasium task.
+    """EPVF (or the ES anchor) on a Gymnasium task.
 
     Attributes:
         env: the Gymnasium id; chooses the starting config.
-        config: every EPVF hyperparameter, starting from the task's defaults.
-        out: run directory (None: runs/gymnasium_epvf/<env>).
+        algo: "epvf", or "es" (OpenAI-ES on the same populations, no critic).
+        config: every hyperparameter, starting from the task's defaults.
+        out: run directory (None: runs/gymnasium_<algo>/<env>).
     """
 
     env: str = "Swimmer-v5"
-    config: nfn_rl.EPVFConfig = nfn_rl.EPVFConfig()
+    algo: Literal["epvf", "es"] = "epvf"
+    config: nfn_rl.EPVFConfig | baselines.ESConfig = nfn_rl.EPVFConfig()
     out: Path | None = None
 
 
-def default_args(env: str) -> Args:
-    fields = {**_COMMON, **TASK_DEFAULTS.get(env, TASK_DEFAULTS["InvertedPendulum-v5"])}
-    return Args(env=env, config=nfn_rl.EPVFConfig(env=env, **fields))
+@dataclasses.dataclass(frozen=True)
+class EPVFArgs(Args):
+    """EPVF on a Gymnasium task (every EPVFConfig field is a flag)."""
+
+    config: nfn_rl.EPVFConfig = nfn_rl.EPVFConfig()
+
+
+@dataclasses.dataclass(frozen=True)
+class ESArgs(Args):
+    """OpenAI-ES on a Gymnasium task (every ESConfig field is a flag)."""
+
+    config: baselines.ESConfig = baselines.ESConfig()
+
+
+def default_args(env: str, algo: str = "epvf") -> Args:
+    fields = {"env": env, **_COMMON, **TASK_DEFAULTS.get(env, TASK_DEFAULTS["InvertedPendulum-v5"])}
+    epvf = nfn_rl.EPVFConfig(**fields)
+    if algo != "es":
+        return EPVFArgs(env=env, algo="epvf", config=epvf)
+    # ES takes the populations' fields (and the host loop's) from the EPVF default as they are.
+    shared = {
+        field.name: getattr(epvf, field.name)
+        for field in dataclasses.fields(PerturbationConfig)
+        if field.name != "antithetic"
+    }
+    return ESArgs(env=env, algo="es", config=baselines.ESConfig(**shared))
 
 
 def main(args: Args) -> None:
@@ -86,7 +118,7 @@ def main(args: Args) -> None:
         raise ValueError(f"--env {args.env} but --config.env {args.config.env}: give one")
     if args.out is None and args.evaluate:
         raise ValueError("--evaluate needs --out, the run directory to report")
-    out = args.out or Path("runs/gymnasium_epvf") / args.env
+    out = args.out or Path(f"runs/gymnasium_{args.algo}") / args.env
     start = time.perf_counter()
     _cli.train(args, out)
     for run in _cli.seed_runs(out):
@@ -107,4 +139,4 @@ def main(args: Args) -> None:
 
 if __name__ == "__main__":
     nfn_rl.enable_compilation_cache()
-    _cli.run(lambda: main(_cli.parse(Args, default_args, ("env",), sys.argv[1:])))
+    _cli.run(lambda: main(_cli.parse(Args, default_args, ("env", "algo"), sys.argv[1:])))

@@ -14,6 +14,8 @@ recovered one, every task agrees bitwise over the whole episode (the second test
 observation, reward and termination code is exact.
 """
 
+import dataclasses
+import json
 from concurrent.futures import ThreadPoolExecutor
 
 import equinox as eqx
@@ -305,3 +307,38 @@ def test_a_failing_actor_leaves_the_pool_usable():
             native.pool.play(Failing(actions), start, 10)
         for a, b in zip(reference, native.pool.play(OpenLoopActor(actions), start, 10)):
             np.testing.assert_array_equal(a, b)
+
+
+def test_example_trains_the_es_anchor_on_the_task_defaults_populations(tmp_path, capsys):
+    """`--algo es` keeps every population field of the task's EPVF default (policy, noise,
+    population size, schedule, normalisation) and trains ES on them."""
+    import sys
+    from pathlib import Path
+
+    from nfn_rl.baselines import ESConfig
+    from nfn_rl.population import PerturbationConfig
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    import _cli
+    import gymnasium_epvf
+
+    def parse(*argv):
+        return _cli.parse(gymnasium_epvf.Args, gymnasium_epvf.default_args, ("env", "algo"), argv)
+
+    epvf = parse("--env", "Swimmer-v5").config
+    es = parse("--env", "Swimmer-v5", "--algo", "es").config
+    assert isinstance(es, ESConfig) and es.antithetic and es.fitness_shaping == "centered_ranks"
+    shared = [field.name for field in dataclasses.fields(PerturbationConfig)]
+    assert {name: getattr(es, name) for name in shared if name != "antithetic"} == {
+        name: getattr(epvf, name) for name in shared if name != "antithetic"
+    }
+    with pytest.raises(SystemExit):  # EPVF's critic flags are not ES's
+        parse("--algo", "es", "--config.critic", "flat")
+    args = parse(
+        *f"--env InvertedPendulum-v5 --algo es --no-progress --out {tmp_path} "
+        "--config.iterations 1 --config.num-envs 8 --config.log-interval 1 "
+        "--config.eval-interval 1 --config.checkpoint-interval 1".split()
+    )
+    gymnasium_epvf.main(args)
+    assert "(threshold 950: not reached)" in capsys.readouterr().out
+    assert json.loads((tmp_path / "config.json").read_text())["algo"] == "es"
