@@ -51,6 +51,21 @@ def parse(
     return tyro.cli(type(default), default=default, args=argv)
 
 
+def with_config_type(args_type: type[T], config_type: type) -> type[T]:
+    """`args_type` with its `config` field narrowed to `config_type` (default
+    `config_type()`), so that a script whose `--algo` chooses among configs shows the chosen
+    config's fields as the flags."""
+    narrowed = dataclasses.make_dataclass(
+        f"{config_type.__name__}{args_type.__name__}",
+        [("config", config_type, dataclasses.field(default=config_type()))],
+        bases=(args_type,),
+        frozen=True,
+    )
+    summary = args_type.__doc__.splitlines()[0].rstrip(".")
+    narrowed.__doc__ = f"{summary} (every {config_type.__name__} field is a flag)."
+    return narrowed
+
+
 def run(main: Callable[[], None]) -> None:
     """`main()`, with a bad value or an unusable run directory reported in one line naming the
     field or file; `--debug` (or `NFN_RL_DEBUG=1`) shows the traceback instead.

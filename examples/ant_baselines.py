@@ -41,32 +41,10 @@ class Args(_cli.RunFlags):
     out: Path | None = None
 
 
-@dataclasses.dataclass(frozen=True)
-class PPOArgs(Args):
-    """PPO on the MJX Ant (every PPOConfig field is a flag)."""
-
-    config: baselines.PPOConfig = baselines.PPOConfig()
-
-
-@dataclasses.dataclass(frozen=True)
-class SACArgs(Args):
-    """SAC on the MJX Ant (every SACConfig field is a flag)."""
-
-    config: baselines.SACConfig = baselines.SACConfig()
-
-
-@dataclasses.dataclass(frozen=True)
-class ESArgs(Args):
-    """OpenAI-ES on the Ant (every ESConfig field is a flag)."""
-
-    config: baselines.ESConfig = baselines.ESConfig()
-
-
 def default_args(algo: str, preset: str) -> Args:
     # The chosen algorithm's own Args type, so that its config's fields are the flags.
-    args_type = {"ppo": PPOArgs, "sac": SACArgs, "es": ESArgs}.get(algo, Args)
     config = baselines.baseline_config(algo, preset)
-    return args_type(algo=algo, preset=preset, config=config)
+    return _cli.with_config_type(Args, type(config))(algo=algo, preset=preset, config=config)
 
 
 def main(args: Args) -> None:

@@ -85,32 +85,16 @@ class Args(_cli.RunFlags):
     out: Path | None = None
 
 
-@dataclasses.dataclass(frozen=True)
-class EPVFArgs(Args):
-    """EPVF on a Gymnasium task (every EPVFConfig field is a flag)."""
-
-    config: nfn_rl.EPVFConfig = nfn_rl.EPVFConfig()
-
-
-@dataclasses.dataclass(frozen=True)
-class ESArgs(Args):
-    """OpenAI-ES on a Gymnasium task (every ESConfig field is a flag)."""
-
-    config: baselines.ESConfig = baselines.ESConfig()
-
-
 def default_args(env: str, algo: str = "epvf") -> Args:
     fields = {"env": env, **_COMMON, **TASK_DEFAULTS.get(env, TASK_DEFAULTS["InvertedPendulum-v5"])}
-    epvf = nfn_rl.EPVFConfig(**fields)
-    if algo != "es":
-        return EPVFArgs(env=env, algo="epvf", config=epvf)
-    # ES takes the populations' fields (and the host loop's) from the EPVF default as they are.
-    shared = {
-        field.name: getattr(epvf, field.name)
-        for field in dataclasses.fields(PerturbationConfig)
-        if field.name != "antithetic"
-    }
-    return ESArgs(env=env, algo="es", config=baselines.ESConfig(**shared))
+    config = nfn_rl.EPVFConfig(**fields)
+    if algo == "es":
+        # The populations' fields (and the host loop's) of the EPVF default, as they are.
+        shared = (field.name for field in dataclasses.fields(PerturbationConfig))
+        config = baselines.ESConfig(
+            **{name: getattr(config, name) for name in shared if name != "antithetic"}
+        )
+    return _cli.with_config_type(Args, type(config))(env=env, algo=config.algo, config=config)
 
 
 def main(args: Args) -> None:
