@@ -13,6 +13,7 @@ as Gymnasium's.
 """
 
 import os
+import warnings
 from collections.abc import Sequence
 
 import gymnasium
@@ -32,6 +33,17 @@ from nfn_rl.envs._batched import (
 _ASSETS = os.path.join(os.path.dirname(gymnasium.__file__), "envs", "mujoco", "assets")
 
 
+def _load_model(path: str) -> mujoco.MjModel:
+    """The compiled model of one of Gymnasium's MJCF files, as `MjModel.from_xml_path` compiles
+    it, without MuJoCo's warnings about the file: MuJoCo 4.0.1 deprecates `settotalmass`
+    (half_cheetah.xml sets it), and the file is Gymnasium's, which a user cannot change.
+    `from_xml_path` prints MuJoCo's warnings from C; `MjSpec.compile` raises them as Python
+    warnings, which can be filtered."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="compiler attribute 'settotalmass'")
+        return mujoco.MjSpec.from_file(path).compile()
+
+
 class GymnasiumTask(BatchedTask):
     """A Gymnasium MuJoCo v5 task with its default arguments, vectorised over a batch.
 
@@ -45,7 +57,7 @@ class GymnasiumTask(BatchedTask):
     qvel_noise: str = "uniform"
 
     def __init__(self):
-        self.model = mujoco.MjModel.from_xml_path(os.path.join(_ASSETS, self.xml))
+        self.model = _load_model(os.path.join(_ASSETS, self.xml))
         self.dt = self.model.opt.timestep * self.frame_skip
         self.init_qpos = self.model.qpos0.copy()
         self.init_qvel = np.zeros(self.model.nv)
