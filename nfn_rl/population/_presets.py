@@ -26,9 +26,10 @@ ANT_POPULATIONS: dict[str, dict[str, Any]] = {
     # The paper's regime on a CPU: at least 2048 perturbed policies per iteration.
     "cpu": dict(**ANT_TASKS["cpu"], num_envs=2048, policy_width=32, policy_depth=2)
     | schedule(iterations=40, log_interval=5, checkpoint_interval=20)
-    # Deviation from the recipe's 1e-7: the recipe's decay leaves the second half of a short
-    # run with steps below 1e-5.
-    | dict(policy_lr_end=1e-5),
+    # Deviation from the recipe's 1e-3 -> 1e-7: over 40 iterations the recipe's decay leaves
+    # the second half with steps below 1e-5, and three times its starting rate (3e-3 -> 3e-5)
+    # ends higher on five of six seeds (docs/results.md). ES keeps its own rate (ES_SETTINGS).
+    | dict(policy_lr=3e-3, policy_lr_end=3e-5),
     # The paper's scale (4096 envs, horizon 1000): for a GPU.
     "paper": dict(**ANT_TASKS["paper"], num_envs=4096, policy_width=64, policy_depth=2)
     | schedule(iterations=250, log_interval=5, checkpoint_interval=25),
