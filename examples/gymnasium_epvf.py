@@ -89,7 +89,8 @@ def default_args(env: str, algo: str = "epvf") -> Args:
     fields = {"env": env, **_COMMON, **TASK_DEFAULTS.get(env, TASK_DEFAULTS["InvertedPendulum-v5"])}
     config = nfn_rl.EPVFConfig(**fields)
     if algo == "es":
-        # The populations' fields (and the host loop's) of the EPVF default, as they are.
+        # The populations' fields (and the host loop's) of the EPVF default, but pairs:
+        # ES's `antithetic` default.
         shared = (field.name for field in dataclasses.fields(PerturbationConfig))
         config = baselines.ESConfig(
             **{name: getattr(config, name) for name in shared if name != "antithetic"}
