@@ -17,7 +17,6 @@ from typing import ClassVar
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import optax
 from jax.sharding import Mesh
 from jaxtyping import Array, Int, PRNGKeyArray, PyTree, UInt32
 
@@ -29,10 +28,8 @@ from nfn_rl.population import (
     PopulationTrainer,
     es_estimate,
     make_policy,
-    policy_optimizer,
     population_setup,
     shape_returns,
-    with_policy_lr,
 )
 from nfn_rl.run import TrainState, skipped_steps, static_part
 from nfn_rl.run._config import check_choice
@@ -86,12 +83,12 @@ class ESTrainer(PopulationTrainer):
 
     def init(self, key: PRNGKeyArray) -> ESState:
         policy_key, run_key = jax.random.split(key)
-        policies = self.initial_policies(policy_key)
+        policies, opt_state = self.initial_policy_state(policy_key)
         return ESState(
             iteration=jnp.zeros((), jnp.int32),
             key=jax.random.key_data(run_key),
             policy=policies,
-            policy_opt_state=policy_optimizer(self.config).init(policies),
+            policy_opt_state=opt_state,
             observations=self.initial_observations(),
         )
 
@@ -105,11 +102,10 @@ class ESTrainer(PopulationTrainer):
         fitness = shape_returns(config.fitness_shaping, returns, finite)
         ascent = es_estimate(centre, candidates, fitness, finite)
         # The optimiser minimises: its gradient is the negated ascent direction.
-        grads = jax.tree.map(lambda g: -g[None], ascent)
-        optimizer = policy_optimizer(config)
-        opt_state = with_policy_lr(config, state.policy_opt_state, state.iteration)
-        updates, opt_state = optimizer.update(grads, opt_state, state.policy)
-        policy = self.clip_weights(optax.apply_updates(state.policy, updates))
+        descent = jax.tree.map(lambda g: -g[None], ascent)
+        policy, opt_state = self.policy_steps(
+            state.policy, state.policy_opt_state, state.iteration, lambda _: descent, steps=1
+        )
         state = dataclasses.replace(
             state, policy=policy, policy_opt_state=opt_state, observations=population.observations
         )

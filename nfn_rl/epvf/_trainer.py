@@ -20,10 +20,8 @@ from nfn_rl.population import (
     centered_ranks,
     es_estimate,
     make_policy,
-    policy_optimizer,
     population_setup,
     shape_returns,
-    with_policy_lr,
 )
 from nfn_rl.run import (
     FIFOBuffer,
@@ -88,7 +86,7 @@ class EPVFTrainer(PopulationTrainer):
     def init(self, key: PRNGKeyArray) -> EPVFState:
         config = self.config
         policy_key, critic_key, stats_key, run_key = jax.random.split(key, 4)
-        policies = self.initial_policies(policy_key)
+        policies, policy_opt_state = self.initial_policy_state(policy_key)
         example = eqx.combine(jax.tree.map(lambda x: x[0], policies), self.policy_static)
         critic = _make_critic(config, self.env, example, key=critic_key, stats_key=stats_key)
         critic = eqx.filter(critic, eqx.is_array)
@@ -96,7 +94,7 @@ class EPVFTrainer(PopulationTrainer):
             iteration=jnp.zeros((), jnp.int32),
             key=jax.random.key_data(run_key),
             policy=policies,
-            policy_opt_state=policy_optimizer(config).init(policies),
+            policy_opt_state=policy_opt_state,
             critic=critic,
             critic_opt_state=_critic_optimizer(config).init(critic),
             buffer=make_buffer(
@@ -162,23 +160,18 @@ class EPVFTrainer(PopulationTrainer):
 
     def policy_update(self, state: EPVFState) -> EPVFState:
         """`policy_steps` steps ascending the (frozen) critic, then weight clipping."""
-        optimizer = policy_optimizer(self.config)
-        opt_state = with_policy_lr(self.config, state.policy_opt_state, state.iteration)
 
         def loss_fn(policy):
             # A sum, not a mean: each trained policy ascends its own value.
             return -jnp.sum(self._value(state.critic, policy))
 
-        def step(carry, _):
-            policy, opt_state = carry
-            grads = jax.grad(loss_fn)(policy)
-            updates, opt_state = optimizer.update(grads, opt_state, policy)
-            return (optax.apply_updates(policy, updates), opt_state), None
-
-        (policy, opt_state), _ = jax.lax.scan(
-            step, (state.policy, opt_state), None, length=self.config.policy_steps
+        policy, opt_state = self.policy_steps(
+            state.policy,
+            state.policy_opt_state,
+            state.iteration,
+            jax.grad(loss_fn),
+            steps=self.config.policy_steps,
         )
-        policy = self.clip_weights(policy)
         return dataclasses.replace(state, policy=policy, policy_opt_state=opt_state)
 
     def critic_quality(

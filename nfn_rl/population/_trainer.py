@@ -2,6 +2,7 @@
 rolled out on every device, and moved by a scheduled optimiser under a weight clip."""
 
 import dataclasses
+from collections.abc import Callable
 
 import equinox as eqx
 import jax
@@ -112,6 +113,33 @@ class PopulationTrainer(Trainer):
             )
         )(jax.random.split(key, self.num_policies))
         return self.clip_weights(policies)
+
+    def initial_policy_state(self, key: PRNGKeyArray) -> tuple[PyTree[Array], PyTree]:
+        """The `initial_policies` and the state of `policy_optimizer` for them."""
+        policies = self.initial_policies(key)
+        return policies, policy_optimizer(self.config).init(policies)
+
+    def policy_steps(
+        self,
+        policy: PyTree[Array],
+        opt_state: PyTree,
+        iteration: Int[Array, ""],
+        gradient: Callable[[PyTree[Array]], PyTree[Array]],
+        steps: int,
+    ) -> tuple[PyTree[Array], PyTree]:
+        """`steps` steps of `policy_optimizer` at the learning rate of `iteration`, each along
+        `gradient(policy)` (the gradient of a loss: the optimiser descends it), then the weight
+        clip; returns the new policy arrays and optimiser state."""
+        optimizer = policy_optimizer(self.config)
+
+        def step(carry, _):
+            policy, opt_state = carry
+            updates, opt_state = optimizer.update(gradient(policy), opt_state, policy)
+            return (optax.apply_updates(policy, updates), opt_state), None
+
+        opt_state = with_policy_lr(self.config, opt_state, iteration)
+        (policy, opt_state), _ = jax.lax.scan(step, (policy, opt_state), None, length=steps)
+        return self.clip_weights(policy), opt_state
 
     def initial_observations(self) -> ObservationNormalizer | None:
         """The observation normaliser before any rollout (None unless
