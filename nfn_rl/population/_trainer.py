@@ -102,9 +102,10 @@ class PopulationTrainer(Trainer):
             return policy
         return jax.tree.map(lambda x: jnp.clip(x, -clip, clip), policy)
 
-    def initial_policies(self, key: PRNGKeyArray) -> PyTree[Array]:
+    def initial_policy_state(self, key: PRNGKeyArray) -> tuple[PyTree[Array], PyTree]:
         """`num_policies` initial policies' arrays, stacked, as the weight clip leaves them (the
-        first iteration perturbs the policy that the clip would have produced)."""
+        first iteration perturbs the policy that the clip would have produced), and the state
+        of `policy_optimizer` for them."""
         config = self.config
         policies = jax.vmap(
             lambda k: eqx.filter(
@@ -112,12 +113,8 @@ class PopulationTrainer(Trainer):
                 eqx.is_array,
             )
         )(jax.random.split(key, self.num_policies))
-        return self.clip_weights(policies)
-
-    def initial_policy_state(self, key: PRNGKeyArray) -> tuple[PyTree[Array], PyTree]:
-        """The `initial_policies` and the state of `policy_optimizer` for them."""
-        policies = self.initial_policies(key)
-        return policies, policy_optimizer(self.config).init(policies)
+        policies = self.clip_weights(policies)
+        return policies, policy_optimizer(config).init(policies)
 
     def policy_steps(
         self,
